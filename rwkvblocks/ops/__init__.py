@@ -1,0 +1,20 @@
+"""Functional kernels (no ``nn.Module``): the WKV operator and its backends.
+
+Each op has one checked, dispatching entry point (``wkv6``, ``wkv5``) and named
+implementations (``wkv6_reference``, ``wkv6_chunked``) that skip the checks.
+"""
+
+from ._dispatch import Backend, BackendUnavailableError, Dispatcher
+from .wkv import WKVInputs, wkv5, wkv6, wkv6_chunked, wkv6_reference, wkv_dispatcher
+
+__all__ = [
+    "Backend",
+    "BackendUnavailableError",
+    "Dispatcher",
+    "WKVInputs",
+    "wkv5",
+    "wkv6",
+    "wkv6_chunked",
+    "wkv6_reference",
+    "wkv_dispatcher",
+]

@@ -1,0 +1,232 @@
+"""The WKV operator of RWKV-5/6: checked entry points ``wkv6`` / ``wkv5`` and their backends.
+
+The math is in ``README.md`` beside this file. Backends, in order of automatic preference:
+
+- ``chunked`` (``wkv6_chunked``): chunked PyTorch with a hand-written, linear-memory backward;
+  the default on every device until faster kernels are registered.
+- ``reference`` (``wkv6_reference``): one token at a time; the oracle, always accepts. Automatic
+  selection also prefers it for decoding on a CPU (``T <= DECODE_MAX_LEN``), where it is faster.
+
+Choose one explicitly with ``backend=`` or the ``RWKVBLOCKS_WKV_BACKEND`` environment variable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .._dispatch import Backend, BackendUnavailableError, Dispatcher
+from .chunked import DEFAULT_CHUNK_SIZE, wkv6_chunked
+from .reference import accumulation_dtype, wkv6_reference
+
+__all__ = [
+    "BackendUnavailableError",
+    "WKVInputs",
+    "wkv5",
+    "wkv6",
+    "wkv6_chunked",
+    "wkv6_reference",
+    "wkv_dispatcher",
+]
+
+ENV_VAR = "RWKVBLOCKS_WKV_BACKEND"
+
+
+@dataclass(frozen=True)
+class WKVInputs:
+    """What a backend needs to know about a (validated) WKV call to accept or refuse it."""
+
+    batch: int
+    seq_len: int
+    num_heads: int
+    head_dim: int
+    value_dim: int
+    dtype: torch.dtype
+    device: torch.device
+    reverse: bool
+    has_state: bool
+    requires_grad: bool
+
+    @classmethod
+    def from_tensors(cls, r: Tensor, v: Tensor, state: Tensor | None, reverse: bool, grad: bool):
+        B, T, H, K = r.shape
+        return cls(B, T, H, K, v.shape[-1], r.dtype, r.device, reverse, state is not None, grad)
+
+
+def _run_chunked(r, k, v, w, u, state, *, reverse):
+    T = r.shape[1]
+    chunk = min(DEFAULT_CHUNK_SIZE, 1 << max(0, T - 1).bit_length())  # no padding past T
+    return wkv6_chunked(r, k, v, w, u, state, reverse=reverse, chunk_size=chunk)
+
+
+def _run_reference(r, k, v, w, u, state, *, reverse):
+    return wkv6_reference(r, k, v, w, u, state, reverse=reverse)
+
+
+DECODE_MAX_LEN = 2  # on a CPU the step loop beats the chunked form up to this many tokens
+
+
+def _prefer(inputs: WKVInputs) -> list[str]:
+    """Decode vs prefill: one or two tokens on a CPU go to the step-by-step reference."""
+    if inputs.seq_len <= DECODE_MAX_LEN and inputs.device.type == "cpu":
+        return ["reference"]
+    return []
+
+
+wkv_dispatcher = Dispatcher(
+    "wkv",
+    ENV_VAR,
+    prefer=_prefer,
+    backends=[
+        Backend(
+            "chunked",
+            _run_chunked,
+            description="chunked PyTorch, hand-written linear-memory backward (any device)",
+        ),
+        Backend(
+            "reference",
+            _run_reference,
+            description="step-by-step recurrence, autograd over time (oracle; always accepts)",
+        ),
+    ],
+)
+
+
+def _shape_error(name: str, expected: str, x: Tensor) -> ValueError:
+    return ValueError(f"{name} must have shape {expected}, got {tuple(x.shape)}")
+
+
+def _validate(r, k, v, w, u, state, *, static_w: bool) -> None:
+    named = {"r": r, "k": k, "v": v, "w": w, "u": u}
+    if state is not None:
+        named["state"] = state
+    for name, x in named.items():
+        if not isinstance(x, Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        if not x.is_floating_point():
+            raise ValueError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+    if r.dim() != 4:
+        raise _shape_error("r", "[B, T, H, K] (4-D)", r)
+    B, T, H, K = r.shape
+    if k.shape != r.shape:
+        raise _shape_error("k", f"[B, T, H, K] = {tuple(r.shape)} like r", k)
+    if v.dim() != 4 or v.shape[:3] != r.shape[:3]:
+        raise _shape_error("v", f"[B, T, H, V] = [{B}, {T}, {H}, V] matching r", v)
+    V = v.shape[-1]
+    if static_w:
+        if w.shape != (H, K):
+            raise _shape_error("w", f"[H, K] = [{H}, {K}] (static RWKV-5 log-decay)", w)
+    elif w.shape != r.shape:
+        raise _shape_error("w", f"[B, T, H, K] = {tuple(r.shape)} like r (per-token log-decay)", w)
+    if u.shape != (H, K):
+        raise _shape_error("u", f"[H, K] = [{H}, {K}]", u)
+    if state is not None and state.shape != (B, H, K, V):
+        raise _shape_error("state", f"[B, H, K, V] = [{B}, {H}, {K}, {V}]", state)
+    if not (r.dtype == k.dtype == v.dtype):
+        raise ValueError(f"r, k and v must share a dtype, got {r.dtype}, {k.dtype}, {v.dtype}")
+    acc = accumulation_dtype(r.dtype)
+    if state is not None and state.dtype not in (torch.float32, acc):
+        raise ValueError(f"state must be float32 (float64 with float64 inputs), got {state.dtype}")
+    devices = {name: x.device for name, x in named.items()}
+    if len(set(devices.values())) > 1:
+        listing = ", ".join(f"{n} on {d}" for n, d in devices.items())
+        raise ValueError(f"all inputs must be on one device, got {listing}")
+    if w.device.type != "meta" and w.numel() and bool((w > 0).any()):
+        raise ValueError(
+            f"w is the log of the decay and must be <= 0 everywhere; got max {w.max().item():.4g}"
+        )
+
+
+def _wkv(r, k, v, w, u, state, reverse, backend):
+    grad = torch.is_grad_enabled() and any(
+        x is not None and x.requires_grad for x in (r, k, v, w, u, state)
+    )
+    inputs = WKVInputs.from_tensors(r, v, state, reverse, grad)
+    if inputs.seq_len == 0:
+        B, _, H, K = r.shape
+        acc = accumulation_dtype(r.dtype)
+        final = state.to(acc) if state is not None else r.new_zeros(B, H, K, v.shape[-1], dtype=acc)
+        return v.new_empty(v.shape), final
+    chosen = wkv_dispatcher.select(inputs, backend, device_key=f"{r.device.type}/{r.dtype}")
+    return chosen.run(r, k, v, w, u, state, reverse=reverse)
+
+
+def wkv6(
+    r: Tensor,
+    k: Tensor,
+    v: Tensor,
+    w: Tensor,
+    u: Tensor,
+    state: Tensor | None = None,
+    *,
+    reverse: bool = False,
+    backend: str | None = None,
+) -> tuple[Tensor, Tensor]:
+    """RWKV-6 WKV: linear attention with a per-token, per-channel decay and a bonus ``u``.
+
+    Per head, with state ``S`` `[K, V]` (initial ``state`` or zeros):
+    ``o_t = r_t (S_{t-1} + diag(u) k_t v_t^T)`` and ``S_t = diag(exp(w_t)) S_{t-1} + k_t v_t^T``.
+    No ``1/sqrt(K)`` scale. ``reverse=True`` runs time backwards (``o_t`` depends on tokens
+    ``t..T-1``) without flipping any input.
+
+    Args:
+        r, k: Receptance and key.
+        v: Value.
+        w: Log-decay, ``<= 0`` (RWKV-6: ``-exp(time_decay + lora(x))``, ideally fp32).
+        u: Bonus for the current token (``time_faaaa``).
+        state: Initial state, or ``None`` for zeros.
+        reverse: Run time backwards.
+        backend: ``"chunked"`` or ``"reference"`` (or any registered backend); ``None``
+            picks automatically (see the module docstring).
+
+    Shapes:
+        r, k, w: `[B, T, H, K]`; v: `[B, T, H, V]`; u: `[H, K]`; state: `[B, H, K, V]` fp32.
+        Returns ``(o, final_state)``: o `[B, T, H, V]` in the dtype of ``r``; the final state
+        `[B, H, K, V]` in fp32 (fp64 for fp64 inputs).
+
+    Reference: ``wkv6_reference``. Backends: ``chunked``, ``reference``.
+
+    Raises:
+        ValueError: wrong rank or shape, mismatched dtypes or devices, or ``w > 0``.
+        BackendUnavailableError: the requested backend cannot run this input.
+
+    Example:
+        >>> import torch
+        >>> from rwkvblocks.ops import wkv6
+        >>> B, T, H, K = 1, 5, 2, 16
+        >>> r, k, v = (torch.randn(B, T, H, K) for _ in range(3))
+        >>> w = -torch.rand(B, T, H, K)
+        >>> o, state = wkv6(r, k, v, w, u=torch.zeros(H, K))
+        >>> o.shape, state.shape
+        (torch.Size([1, 5, 2, 16]), torch.Size([1, 2, 16, 16]))
+    """
+    _validate(r, k, v, w, u, state, static_w=False)
+    return _wkv(r, k, v, w, u, state, reverse, backend)
+
+
+def wkv5(
+    r: Tensor,
+    k: Tensor,
+    v: Tensor,
+    w: Tensor,
+    u: Tensor,
+    state: Tensor | None = None,
+    *,
+    reverse: bool = False,
+    backend: str | None = None,
+) -> tuple[Tensor, Tensor]:
+    """RWKV-5 WKV: as ``wkv6`` but with one static log-decay per head and channel.
+
+    Shapes:
+        r, k: `[B, T, H, K]`; v: `[B, T, H, V]`; w: `[H, K]` (``-exp(time_decay)``, ``<= 0``);
+        u: `[H, K]`; state: `[B, H, K, V]` fp32. Returns as ``wkv6``.
+
+    The static decay is broadcast over batch and time as a view (no copy) and runs through
+    the same backends as ``wkv6``; its gradient is summed over batch and time.
+    """
+    _validate(r, k, v, w, u, state, static_w=True)
+    B, T, H, K = r.shape
+    w_full = w.view(1, 1, H, K).expand(B, T, H, K)
+    return _wkv(r, k, v, w_full, u, state, reverse, backend)
