@@ -104,6 +104,7 @@ def speed_table(backends, dtype, device, repeats, shapes) -> list[str]:
         "| shape | backend | forward | fwd+bwd | forward vs reference | fwd+bwd vs reference |",
         "| --- | --- | ---: | ---: | ---: | ---: |",
     ]
+    print("\n".join(rows), flush=True)
     for shape in shapes:
         fwd = time_backends(shape, backends, dtype, device, repeats, grad=False)
         bwd = time_backends(shape, backends, dtype, device, max(1, repeats // 2 + 1), grad=True)
@@ -135,6 +136,7 @@ def memory_table(backends, dtype_name: str, lengths) -> list[str]:
         "| T | " + " | ".join(f"{b} peak added" for b in backends) + " | reference / chunked |",
         "| ---: | " + " | ".join("---:" for _ in backends) + " | ---: |",
     ]
+    print("\n".join(rows), flush=True)
     for T in lengths:
         added = {}
         for b in backends:

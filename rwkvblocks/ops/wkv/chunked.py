@@ -229,14 +229,15 @@ class _Tiling:
         dst[b0:b1, t0:t1c].copy_(flat.transpose(1, 2))
 
 
-def _forward(r, k, v, w, u, s0, reverse: bool, chunk: int):
+def _forward(r, k, v, w, u, s0, reverse: bool, chunk: int, keep_states: bool = True):
+    """Returns o, the final state and (if ``keep_states``) the state entering every chunk."""
     B, T, H, K = r.shape
     V = v.shape[-1]
     acc = accumulation_dtype(r.dtype)
     tiles = _Tiling(B, T, H, K, chunk)
     o = torch.empty(B, T, H, V, dtype=r.dtype, device=r.device)
     s_final = torch.empty(B, H, K, V, dtype=acc, device=r.device)
-    entering = torch.empty(B, H, tiles.n_chunks, K, V, dtype=acc, device=r.device)
+    entering = torch.empty(B, H, tiles.n_chunks if keep_states else 0, K, V, dtype=acc, device=r.device)
     uf = u.to(acc).view(1, H, 1, 1, K)
     for b0, b1 in tiles.sample_groups():
         rows = (b1 - b0) * H
@@ -250,7 +251,8 @@ def _forward(r, k, v, w, u, s0, reverse: bool, chunk: int):
             ec = tiles.load(w, b0, b1, t0, t1, acc, exp=True)
             ot, s, ent = _forward_tile(rc, kc, vc, ec, ut.transpose(-1, -2), s, reverse)
             tiles.store(o, ot, b0, b1, t0, t1)
-            entering[b0:b1, :, t0 // chunk : t1 // chunk] = ent.view(b1 - b0, H, -1, K, V)
+            if keep_states:
+                entering[b0:b1, :, t0 // chunk : t1 // chunk] = ent.view(b1 - b0, H, -1, K, V)
         s_final[b0:b1] = s.view(b1 - b0, H, K, V)
     return o, s_final, entering
 
@@ -286,7 +288,7 @@ def _backward(r, k, v, w, u, entering, do, ds_final, reverse: bool, chunk: int):
 class _WKVChunked(torch.autograd.Function):
     @staticmethod
     def forward(ctx, r, k, v, w, u, s0, reverse, chunk):
-        o, s_final, entering = _forward(r, k, v, w, u, s0, reverse, chunk)
+        o, s_final, entering = _forward(r, k, v, w, u, s0, reverse, chunk, any(ctx.needs_input_grad))
         ctx.save_for_backward(r, k, v, w, u, entering)
         ctx.reverse, ctx.chunk = reverse, chunk
         ctx.s0_dtype = None if s0 is None else s0.dtype
