@@ -62,11 +62,11 @@ class _Decays:
     is exhausted, ``lo = P_L``, ``hi = S_L`` and ``decay = D_L`` (`[R, N, 1, K]`).
     """
 
-    def __init__(self, wc: Tensor):
-        self.shape = wc.shape  # [R, N, L, K]
-        self._d = torch.exp(wc)
-        self.lo = torch.ones_like(wc)
-        self.hi = torch.ones_like(wc)
+    def __init__(self, ec: Tensor):
+        self.shape = ec.shape  # [R, N, L, K]
+        self._d = ec  # exp(w)
+        self.lo = torch.ones_like(ec)
+        self.hi = torch.ones_like(ec)
         self.decay: Tensor | None = None
 
     def levels(self) -> Iterator[tuple[int, Tensor, Tensor]]:
@@ -129,11 +129,11 @@ def _forward_tile(rc, kc, vc, ec, uf, s, reverse: bool):
     return o, s, entering
 
 
-def _backward_tile(rc, kc, vc, wc, doc, uf, entering, g, reverse: bool):
-    """Gradients of one tile; ``g`` `[R, K, V]` is the gradient of the state after the tile
-    (in processing order). Returns dr, dk, dv, dw, du `[R, K]` and the gradient of the state
-    before the tile."""
-    d = _Decays(wc)
+def _backward_tile(rc, kc, vc, ec, doc, uf, entering, g, reverse: bool):
+    """Gradients of one tile (``ec = exp(w)``); ``g`` `[R, K, V]` is the gradient of the state
+    after the tile (in processing order). Returns dr, dk, dv, dw, du `[R, K]` and the gradient
+    of the state before the tile."""
+    d = _Decays(ec)
     dr = torch.zeros_like(rc)
     dk_nb = torch.zeros_like(kc)  # dk without the bonus term
     dv = torch.zeros_like(vc)
@@ -158,31 +158,33 @@ def _backward_tile(rc, kc, vc, wc, doc, uf, entering, g, reverse: bool):
     leaving, g = _scan(g, decay, push, not reverse)
 
     # Inter-chunk terms.
-    dr += (doc @ entering.transpose(-1, -2)) * er
+    dr.addcmul_(doc @ entering.transpose(-1, -2), er)
     dk_state = (vc @ leaving.transpose(-1, -2)) * ek
     dk_nb += dk_state
     dv += (kc * ek) @ leaving
     # Whole-chunk decay applied to the entering state, per key channel.
     rho = (leaving * entering).sum(-1).unsqueeze(-2) * d.decay  # [R, N, 1, K]
 
-    # dw from the identity in README.md: suffix sums of r*dr and k*dk (bonus excluded).
-    rr = (rc * dr).double()
-    kd = (kc * dk_nb).double()
+    # dw from the identity in README.md: with R = r*dr and C = k*dk (bonus excluded) and
+    # Z = R - C, forward time gives dw = sum_{t>=x} Z - R_x + const, reverse time
+    # dw = sum_{t<=x} Z - R_x + const. One prefix sum, in fp64 against cancellation.
+    rr = rc * dr
+    kd = kc * dk_nb
+    cz = torch.cumsum(rr.to(torch.float64, copy=True).sub_(kd), dim=-2)
     const = ((kc * dk_state).sum(-2, keepdim=True) + rho).double()
-    cr = torch.cumsum(rr, dim=-2)
-    ck = torch.cumsum(kd, dim=-2)
-    if reverse:  # sum_{t<x} rr_t - sum_{t<=x} kd_t
-        dw = (cr - rr) - ck + const
-    else:  # sum_{t>x} rr_t - sum_{t>=x} kd_t
-        dw = (cr[..., -1:, :] - cr) - (ck[..., -1:, :] - ck + kd) + const
+    if reverse:
+        dw = (cz - rr).add_(const)
+    else:  # sum_{t>=x} Z = total - cz_x + Z_x, and Z_x - R_x = -C_x
+        dw = (cz[..., -1:, :] - cz).sub_(kd).add_(const)
 
     # Bonus (current-token) terms.
     dc = (doc * vc).sum(-1, keepdim=True)
-    dr += dc * uf * kc
-    dk = dk_nb + dc * uf * rc
-    dv += (rc * uf * kc).sum(-1, keepdim=True) * doc
-    du = (dc * rc * kc).sum(dim=(1, 2))
-    return dr, dk, dv, dw, du, g
+    rk = rc * kc
+    du = (rk * dc).sum(dim=(1, 2))
+    dv.addcmul_(rk @ uf.transpose(-1, -2), doc)
+    dr.addcmul_(kc * uf, dc)
+    dk_nb.addcmul_(rc * uf, dc)
+    return dr, dk_nb, dv, dw, du, g
 
 
 class _Tiling:
@@ -275,9 +277,10 @@ def _backward(r, k, v, w, u, entering, do, ds_final, reverse: bool, chunk: int):
             g = ds_final[b0:b1].reshape(rows, K, V).to(acc)
         ut = uf.expand(b1 - b0, H, 1, 1, K).reshape(rows, 1, 1, K)
         for t0, t1 in tiles.segments(not reverse):
-            rc, kc, vc, wc, doc = (tiles.load(x, b0, b1, t0, t1, acc) for x in (r, k, v, w, do))
+            rc, kc, vc, doc = (tiles.load(x, b0, b1, t0, t1, acc) for x in (r, k, v, do))
+            ec = tiles.load(w, b0, b1, t0, t1, acc, exp=True)
             ent = entering[b0:b1, :, t0 // chunk : t1 // chunk].reshape(rows, -1, K, V)
-            *tile_grads, du_t, g = _backward_tile(rc, kc, vc, wc, doc, ut, ent, g, reverse)
+            *tile_grads, du_t, g = _backward_tile(rc, kc, vc, ec, doc, ut, ent, g, reverse)
             for dst, gt in zip((dr, dk, dv, dw), tile_grads):
                 tiles.store(dst, gt, b0, b1, t0, t1)
             du += du_t.double().view(b1 - b0, H, K).sum(0)
