@@ -25,7 +25,7 @@ from .reference import accumulation_dtype
 
 __all__ = ["DEFAULT_CHUNK_SIZE", "wkv6_chunked"]
 
-DEFAULT_CHUNK_SIZE = 128
+DEFAULT_CHUNK_SIZE = 64
 _TILE_ELEMENTS = 1 << 18  # target size of one tile: ~1 MiB in fp32
 
 
