@@ -6,9 +6,8 @@ tree whose decay factors are products of per-token decays in ``(0, 1]`` — no e
 positive, so strong decays (``w = -30`` per token and below) cannot overflow. The math and
 the derivation of the backward pass are in ``README.md`` beside this file.
 
-Work is done tile by tile (a few heads of one sample, a run of chunks): every temporary then
-fits in cache and is recycled by the allocator, which on a CPU is worth more than any
-arithmetic trick. Memory: the forward keeps the inputs and one state per chunk
+Work is done tile by tile (a few samples, all heads, a run of whole chunks, ~2^18 elements):
+every temporary then stays in cache, which on a CPU matters as much as the arithmetic. Memory: the forward keeps the inputs and one state per chunk
 (`[B, H, T/L, K, V]`, fp32); the backward recomputes the rest tile by tile. Both are linear
 in ``T``.
 """
