@@ -7,9 +7,9 @@ positive, so strong decays (``w = -30`` per token and below) cannot overflow. Th
 the derivation of the backward pass are in ``README.md`` beside this file.
 
 Work is done tile by tile (a few samples, all heads, a run of whole chunks, ~2^18 elements):
-every temporary then stays in cache, which on a CPU matters as much as the arithmetic. Memory: the forward keeps the inputs and one state per chunk
-(`[B, H, T/L, K, V]`, fp32); the backward recomputes the rest tile by tile. Both are linear
-in ``T``.
+every temporary then stays in cache, which on a CPU matters as much as the arithmetic.
+Memory: the forward keeps the inputs and one state per chunk (`[B, H, T/L, K, V]`, fp32);
+the backward recomputes the rest tile by tile. Both are linear in ``T``.
 """
 
 from __future__ import annotations
