@@ -5,8 +5,31 @@ Layers, from the bottom: ``rwkvblocks.ops`` (functional kernels), blocks (``rwkv
 Heavy optional dependencies (triton, timm, open_clip, xformers) are imported lazily.
 """
 
+from .block import RWKVBlock
+from .channel_mix import ChannelMix, ffn_dim
+from .lm import RWKVLanguageModel
 from .ops import BackendUnavailableError, wkv5, wkv6
+from .state import LayerState, RWKVState
+from .time_mix import DataDependentDecay, StaticDecay, TimeMix
+from .token_shift import DataDependentTokenShift, TokenShift, shift_tokens
 
 __version__ = "0.1.0"
 
-__all__ = ["BackendUnavailableError", "__version__", "wkv5", "wkv6"]
+__all__ = [
+    "BackendUnavailableError",
+    "ChannelMix",
+    "DataDependentDecay",
+    "DataDependentTokenShift",
+    "LayerState",
+    "RWKVBlock",
+    "RWKVLanguageModel",
+    "RWKVState",
+    "StaticDecay",
+    "TimeMix",
+    "TokenShift",
+    "__version__",
+    "ffn_dim",
+    "shift_tokens",
+    "wkv5",
+    "wkv6",
+]

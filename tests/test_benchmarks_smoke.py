@@ -30,3 +30,15 @@ def test_wkv_benchmark_memory_probe(capsys):
     bench = _load("wkv")
     bench.memory_table(["chunked"], "fp32", [64])
     assert "MiB" in capsys.readouterr().out
+
+
+def test_lm_benchmark_runs_against_the_reference(tmp_path, capsys):
+    bench = _load("lm")
+    results = bench.main(
+        ["--layers", "1", "--dim", "64", "--vocab", "100", "--T", "12", "--decode-tokens", "2",
+         "--repeats", "1", "--out", str(tmp_path)]
+    )  # fmt: skip
+    out = capsys.readouterr().out
+    assert "| rwkvblocks |" in out and "| rwkv 0.8.32 |" in out
+    assert results["max_abs_diff"] < 1e-4  # both sides ran the same checkpoint
+    assert "| rwkv 0.8.32 |" in (tmp_path / "lm-cpu-fp32.md").read_text()

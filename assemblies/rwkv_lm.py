@@ -1,0 +1,383 @@
+"""RWKV-5/6 language models: configuration, builder, and BlinkDL ``.pth`` checkpoints both ways.
+
+A BlinkDL checkpoint is a flat dict of tensors (DESIGN.md §5). Everything about the model — version
+(x052 / x060), vocabulary, width, layers, heads and head size, FFN width, LoRA ranks — is read from
+tensor shapes, so any released size loads without a configuration file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from rwkvblocks import (
+    ChannelMix,
+    DataDependentTokenShift,
+    RWKVBlock,
+    RWKVLanguageModel,
+    TimeMix,
+    ffn_dim,
+)
+from rwkvblocks.block import LAYER_NORM_EPS
+
+__all__ = [
+    "RWKVConfig",
+    "blinkdl_to_state_dict",
+    "build_rwkv_lm",
+    "infer_rwkv_config",
+    "load_rwkv_lm",
+    "rwkv_config_of",
+    "save_rwkv_lm",
+    "state_dict_to_blinkdl",
+]
+
+Version = Literal["x052", "x060"]
+
+
+@dataclass(frozen=True)
+class RWKVConfig:
+    """Architecture of an RWKV-5 (``x052``) or RWKV-6 (``x060``) language model.
+
+    ``mix_rank`` / ``decay_rank`` are the x060 LoRA ranks (32/64 in released models, 64/128 at
+    C = 4096) and are ignored for x052. ``ffn_dim=None`` means ``int(3.5 * dim) // 32 * 32``.
+    """
+
+    version: Version = "x060"
+    vocab_size: int = 65536
+    dim: int = 2048
+    num_layers: int = 24
+    head_dim: int = 64
+    ffn_dim: int | None = None
+    mix_rank: int = 32
+    decay_rank: int = 64
+
+    def __post_init__(self) -> None:
+        if self.version not in ("x052", "x060"):
+            raise ValueError(f"version must be 'x052' or 'x060', got {self.version!r}")
+        for name in ("vocab_size", "dim", "num_layers", "head_dim", "mix_rank", "decay_rank"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.dim % self.head_dim:
+            raise ValueError(f"dim={self.dim} must be a multiple of head_dim={self.head_dim}")
+        if self.ffn_dim is None:
+            object.__setattr__(self, "ffn_dim", ffn_dim(self.dim))
+
+    @property
+    def num_heads(self) -> int:
+        return self.dim // self.head_dim
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> RWKVConfig:
+        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown RWKVConfig fields: {sorted(unknown)}")
+        return cls(**data)
+
+
+def build_rwkv_lm(
+    config: RWKVConfig,
+    *,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> RWKVLanguageModel:
+    """A freshly initialised RWKV language model (BlinkDL's from-scratch init; none on ``meta``).
+
+    Example:
+        >>> import torch
+        >>> cfg = RWKVConfig(version="x060", vocab_size=100, dim=64, num_layers=2, head_dim=32)
+        >>> model = build_rwkv_lm(cfg)
+        >>> logits, state = model(torch.tensor([[1, 2, 3]]))
+        >>> logits.shape
+        torch.Size([1, 3, 100])
+    """
+    kw = {"device": device, "dtype": dtype}
+    L, C = config.num_layers, config.dim
+    blocks = []
+    for i in range(L):
+        if config.version == "x060":
+            att = TimeMix.rwkv6(
+                C,
+                head_dim=config.head_dim,
+                mix_rank=config.mix_rank,
+                decay_rank=config.decay_rank,
+                layer_idx=i,
+                num_layers=L,
+                **kw,
+            )
+            ffn = ChannelMix.rwkv6(C, hidden_dim=config.ffn_dim, layer_idx=i, num_layers=L, **kw)
+        else:
+            att = TimeMix.rwkv5(C, head_dim=config.head_dim, layer_idx=i, num_layers=L, **kw)
+            ffn = ChannelMix.rwkv5(C, hidden_dim=config.ffn_dim, layer_idx=i, num_layers=L, **kw)
+        blocks.append(RWKVBlock(att, ffn, dim=C, layer_idx=i, **kw))
+    model = RWKVLanguageModel(
+        nn.Embedding(config.vocab_size, C, **kw),
+        blocks,
+        nn.LayerNorm(C, eps=LAYER_NORM_EPS, **kw),
+        nn.Linear(C, config.vocab_size, bias=False, **kw),
+    )
+    model.reset_parameters()
+    return model
+
+
+# --------------------------------------------------------------------------------------------
+# BlinkDL <-> rwkvblocks key layout
+
+
+@dataclass(frozen=True)
+class _Entry:
+    ours: str
+    theirs: tuple[str, ...]  # several: stacked along dim 0 on our side
+    their_shape: tuple[int, ...]  # of each
+    our_shape: tuple[int, ...]
+
+
+def _layout(config: RWKVConfig) -> list[_Entry]:
+    C, H, K, F, V = config.dim, config.num_heads, config.head_dim, config.ffn_dim, config.vocab_size
+
+    def same(key: str, shape: tuple[int, ...]) -> _Entry:
+        return _Entry(key, (key,), shape, shape)
+
+    def stacked(ours: str, theirs: list[str]) -> _Entry:
+        return _Entry(ours, tuple(theirs), (1, 1, C), (len(theirs), C))
+
+    entries = [same("emb.weight", (V, C))]
+    for i in range(config.num_layers):
+        p = f"blocks.{i}."
+        if i == 0:
+            entries += [same(p + "ln0.weight", (C,)), same(p + "ln0.bias", (C,))]
+        for ln in ("ln1", "ln2"):
+            entries += [same(f"{p}{ln}.weight", (C,)), same(f"{p}{ln}.bias", (C,))]
+        a, f = p + "att.", p + "ffn."
+        if config.version == "x060":
+            Dm, Dd = config.mix_rank, config.decay_rank
+            entries += [
+                _Entry(a + "token_shift.mix_x", (a + "time_maa_x",), (1, 1, C), (C,)),
+                stacked(a + "token_shift.mix", [a + f"time_maa_{n}" for n in "wkvrg"]),
+                same(a + "time_maa_w1", (C, 5 * Dm)),
+                same(a + "time_maa_w2", (5, Dm, C)),
+                _Entry(a + "decay.time_decay", (a + "time_decay",), (1, 1, C), (C,)),
+                same(a + "time_decay_w1", (C, Dd)),
+                same(a + "time_decay_w2", (Dd, C)),
+                stacked(f + "token_shift.mix", [f + f"time_maa_{n}" for n in "kr"]),
+            ]
+        else:
+            entries += [
+                stacked(a + "token_shift.mix", [a + f"time_mix_{n}" for n in "kvrg"]),
+                _Entry(a + "decay.time_decay", (a + "time_decay",), (H, K), (H, K)),
+                stacked(f + "token_shift.mix", [f + f"time_mix_{n}" for n in "kr"]),
+            ]
+        entries += [same(a + "time_faaaa", (H, K))]
+        entries += [same(a + f"{n}.weight", (C, C)) for n in ("receptance", "key", "value", "gate", "output")]
+        entries += [same(a + "ln_x.weight", (C,)), same(a + "ln_x.bias", (C,))]
+        entries += [same(f + "key.weight", (F, C)), same(f + "receptance.weight", (C, C))]
+        entries += [same(f + "value.weight", (C, F))]
+    entries += [same("ln_out.weight", (C,)), same("ln_out.bias", (C,)), same("head.weight", (V, C))]
+    return entries
+
+
+# Our module names for the x060 LoRA matrices (BlinkDL keeps them on the attention module).
+_RENAMES = {
+    "time_maa_w1": "token_shift.lora_a",
+    "time_maa_w2": "token_shift.lora_b",
+    "time_decay_w1": "decay.lora_a",
+    "time_decay_w2": "decay.lora_b",
+}
+
+
+def _our_key(key: str) -> str:
+    head, _, last = key.rpartition(".")
+    return f"{head}.{_RENAMES[last]}" if last in _RENAMES else key
+
+
+def _shape(sd: Mapping[str, Tensor], key: str, ndim: int | None = None) -> tuple[int, ...] | None:
+    t = sd.get(key)
+    if not isinstance(t, Tensor) or (ndim is not None and t.dim() != ndim):
+        return None
+    return tuple(t.shape)
+
+
+def infer_rwkv_config(state_dict: Mapping[str, Tensor]) -> RWKVConfig:
+    """Read an ``RWKVConfig`` from the tensor shapes of a BlinkDL state dict.
+
+    Raises:
+        ValueError: a tensor needed to infer the shape is missing or has the wrong rank; the message
+            names it. (Missing, unexpected or mis-shaped tensors elsewhere are reported by
+            ``blinkdl_to_state_dict``.)
+    """
+    need = {
+        "emb.weight": 2,
+        "blocks.0.att.time_faaaa": 2,
+        "blocks.0.ffn.key.weight": 2,
+    }
+    problems = [f"{k} (expected a {n}-D tensor)" for k, n in need.items() if _shape(state_dict, k, n) is None]
+    if problems:
+        raise ValueError("not an RWKV-5/6 checkpoint in BlinkDL format; missing or malformed: " + ", ".join(problems))
+    V, C = _shape(state_dict, "emb.weight")
+    H, K = _shape(state_dict, "blocks.0.att.time_faaaa")
+    F = _shape(state_dict, "blocks.0.ffn.key.weight")[0]
+    layers = {int(m.group(1)) for k in state_dict if (m := re.match(r"blocks\.(\d+)\.", k))}
+    if "blocks.0.att.time_maa_x" in state_dict:
+        w1 = _shape(state_dict, "blocks.0.att.time_maa_w1", 2)
+        d1 = _shape(state_dict, "blocks.0.att.time_decay_w1", 2)
+        missing = [k for k, s in (("time_maa_w1", w1), ("time_decay_w1", d1)) if s is None]
+        if missing:
+            raise ValueError(f"x060 checkpoint: missing or malformed blocks.0.att.{', blocks.0.att.'.join(missing)}")
+        if w1[1] % 5:
+            raise ValueError(f"blocks.0.att.time_maa_w1 must be [C, 5*Dm], got {list(w1)}")
+        return RWKVConfig("x060", V, C, max(layers) + 1, K, F, w1[1] // 5, d1[1])
+    if "blocks.0.att.time_mix_k" in state_dict:
+        return RWKVConfig("x052", V, C, max(layers) + 1, K, F)
+    raise ValueError(
+        "cannot tell the RWKV version: neither blocks.0.att.time_maa_x (x060) nor "
+        "blocks.0.att.time_mix_k (x052) is present"
+    )
+
+
+def blinkdl_to_state_dict(state_dict: Mapping[str, Tensor], config: RWKVConfig) -> dict[str, Tensor]:
+    """Rename and reshape a BlinkDL state dict into ``RWKVLanguageModel`` keys (no copies of data).
+
+    Raises:
+        ValueError: naming every missing, unexpected and mis-shaped key at once.
+    """
+    layout = _layout(config)
+    expected = {key: entry.their_shape for entry in layout for key in entry.theirs}
+    missing = sorted(k for k in expected if k not in state_dict)
+    unexpected = sorted(k for k in state_dict if k not in expected)
+    misshaped = sorted(
+        f"{k}: expected {list(s)}, got {list(state_dict[k].shape) if isinstance(state_dict[k], Tensor) else type(state_dict[k]).__name__}"
+        for k, s in expected.items()
+        if k in state_dict and (not isinstance(state_dict[k], Tensor) or tuple(state_dict[k].shape) != s)
+    )
+    if missing or unexpected or misshaped:
+        lines = [f"checkpoint does not match an RWKV {config.version} model ({_describe(config)}):"]
+        for title, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)):
+            if items:
+                lines.append(f"  {title} ({len(items)}): " + ", ".join(items))
+        raise ValueError("\n".join(lines))
+    out = {}
+    for entry in layout:
+        parts = [state_dict[k] for k in entry.theirs]
+        t = torch.cat([p.reshape(1, -1) for p in parts]) if len(parts) > 1 else parts[0]
+        out[_our_key(entry.ours)] = t.reshape(entry.our_shape)
+    return out
+
+
+def state_dict_to_blinkdl(state_dict: Mapping[str, Tensor], config: RWKVConfig) -> dict[str, Tensor]:
+    """The inverse of ``blinkdl_to_state_dict``: our keys to BlinkDL's names and shapes."""
+    out = {}
+    for entry in _layout(config):
+        t = state_dict[_our_key(entry.ours)]
+        parts = t.unbind(0) if len(entry.theirs) > 1 else (t,)
+        for key, part in zip(entry.theirs, parts):
+            out[key] = part.reshape(entry.their_shape)
+    return out
+
+
+def rwkv_config_of(model: RWKVLanguageModel) -> RWKVConfig:
+    """The ``RWKVConfig`` of a model made by ``build_rwkv_lm`` / ``load_rwkv_lm``."""
+    att, ffn = model.blocks[0].att, model.blocks[0].ffn
+    if isinstance(att.token_shift, DataDependentTokenShift):
+        return RWKVConfig(
+            "x060", model.vocab_size, model.dim, len(model.blocks), att.head_dim, ffn.hidden_dim,
+            att.token_shift.rank, att.decay.rank,
+        )  # fmt: skip
+    return RWKVConfig("x052", model.vocab_size, model.dim, len(model.blocks), att.head_dim, ffn.hidden_dim)
+
+
+def _describe(c: RWKVConfig) -> str:
+    ranks = f", mix/decay LoRA {c.mix_rank}/{c.decay_rank}" if c.version == "x060" else ""
+    return f"{c.num_layers} layers, C={c.dim}, {c.num_heads} heads of {c.head_dim}, FFN {c.ffn_dim}, V={c.vocab_size}{ranks}"
+
+
+def _read_checkpoint(path: Path) -> dict[str, Tensor]:
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        try:
+            sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as err:  # legacy (non-zip) files cannot be memory-mapped
+            if "mmap" not in str(err):
+                raise
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(
+            f"cannot read {path} as a tensor-only checkpoint (weights_only=True refuses pickled "
+            f"code, and the file must be a torch.save file): {err}"
+        ) from err
+    if not isinstance(sd, Mapping):
+        raise ValueError(f"{path} holds a {type(sd).__name__}, expected a dict of tensors")
+    return dict(sd)
+
+
+def load_rwkv_lm(
+    path: str | os.PathLike,
+    *,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> RWKVLanguageModel:
+    """Load a BlinkDL RWKV-5 (x052) or RWKV-6 (x060) ``.pth`` checkpoint.
+
+    The configuration is inferred from tensor shapes; the file is read with
+    ``torch.load(weights_only=True)`` (memory-mapped when possible).
+
+    Args:
+        path: The ``.pth`` file.
+        device: Where the model goes (default CPU).
+        dtype: Parameter dtype; ``None`` keeps the checkpoint's (that of ``emb.weight``).
+
+    Returns:
+        An ``RWKVLanguageModel`` in eval mode; call it as ``model(tokens, state) -> (logits, state)``.
+        On the CPU its matrices use the decode layout (``RWKVLanguageModel.use_decode_layout_``).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: the file is not a tensor dict, or its keys/shapes do not form an RWKV model
+            (every missing, unexpected and mis-shaped key is named).
+    """
+    path = Path(path)
+    sd = _read_checkpoint(path)
+    config = infer_rwkv_config(sd)
+    ours = blinkdl_to_state_dict(sd, config)
+    dtype = dtype or sd["emb.weight"].dtype
+    with torch.device("meta"):
+        model = build_rwkv_lm(config, dtype=dtype)
+    target = torch.device(device) if device is not None else torch.device("cpu")
+    model.load_state_dict({k: v.to(device=target, dtype=dtype) for k, v in ours.items()}, assign=True)
+    if target.type == "cpu":
+        model.use_decode_layout_()
+    return model.eval()
+
+
+def save_rwkv_lm(model: RWKVLanguageModel, path: str | os.PathLike, *, dtype: torch.dtype | None = None) -> None:
+    """Write ``model`` as a BlinkDL ``.pth`` (readable by ``load_rwkv_lm`` and the ``rwkv`` package).
+
+    The file is written to a temporary name beside ``path`` and renamed into place, so a crash
+    never leaves a truncated checkpoint. ``dtype=None`` keeps the parameter dtype.
+    """
+    path = Path(path)
+    config = rwkv_config_of(model)
+    theirs = state_dict_to_blinkdl(model.state_dict(), config)
+    theirs = {k: v.detach().to(device="cpu", dtype=dtype or v.dtype).contiguous() for k, v in theirs.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(theirs, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,195 @@
+"""Prefill and decode speed of our RWKV language model against the ``rwkv`` package, on the CPU.
+
+    python benchmarks/lm.py                  # 4-layer C=512 x060 model, T=1024, fp32
+    python benchmarks/lm.py --quick          # shorter prompt, fewer repeats
+    python benchmarks/lm.py --version x052 --layers 2 --dim 256
+
+Both sides run the same random checkpoint, written once in BlinkDL's format: ours loaded with
+``assemblies.load_rwkv_lm`` (as a user gets it), the reference with ``rwkv.model.RWKV(path,
+'cpu fp32')`` (TorchScript on, its default). Prefill feeds the whole prompt from a zero state and
+computes the last position's logits (what generation needs); decode feeds one token at a time
+with the carried state. Runs are interleaved and medians reported; the last-token logits of both
+are compared as a correctness guard. ``--out DIR`` writes the table as Markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from assemblies import RWKVConfig, build_rwkv_lm, load_rwkv_lm, save_rwkv_lm  # noqa: E402
+
+
+def _reference_class():
+    """``rwkv.model.RWKV`` with TorchScript on and CUDA off; the TF32 flags it flips are restored."""
+    os.environ.setdefault("RWKV_JIT_ON", "1")
+    os.environ["RWKV_CUDA_ON"] = "0"
+    if os.environ.get("RWKV_V7_ON") == "1":
+        raise SystemExit("unset RWKV_V7_ON: it swaps the rwkv package to RWKV-7")
+    flags = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    warnings.filterwarnings("ignore", category=FutureWarning, module="torch.jit")  # deprecation notices
+    from rwkv.model import RWKV
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
+    return RWKV
+
+
+def write_checkpoint(cfg: RWKVConfig, path: Path, seed: int = 0) -> None:
+    """A random model with O(1) activations, saved in BlinkDL's format."""
+    torch.manual_seed(seed)
+    model = build_rwkv_lm(cfg)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 2 and "lora" not in name:
+                p.normal_(0, p.shape[1] ** -0.5)
+    save_rwkv_lm(model, path)
+
+
+class _Ours:
+    name = "rwkvblocks"
+
+    def __init__(self, model):
+        self.model = model
+
+    def prefill(self, tokens):
+        logits, state = self.model(torch.tensor([tokens]), logits_to_keep=1)
+        return logits[0, -1], state
+
+    def step(self, token, state):
+        logits, state = self.model(torch.tensor([[token]]), state)
+        return logits[0, -1], state
+
+
+class _Reference:
+    name = "rwkv 0.8.32"
+
+    def __init__(self, model):
+        self.model = model
+
+    def prefill(self, tokens):
+        return self.model.forward(list(tokens), None)
+
+    def step(self, token, state):
+        return self.model.forward([token], state)
+
+
+def _median_ms(samples: list[float]) -> float:
+    return statistics.median(samples) * 1e3
+
+
+def run(cfg: RWKVConfig, T: int, decode_tokens: int, repeats: int, with_reference: bool) -> tuple[list[str], dict]:
+    threads = torch.get_num_threads()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.pth"
+        write_checkpoint(cfg, path)
+        ours = load_rwkv_lm(path)
+        plain = load_rwkv_lm(path)
+        for module in plain.modules():  # the layout build_rwkv_lm gives, for comparison
+            if isinstance(module, torch.nn.Linear):
+                module.weight = torch.nn.Parameter(module.weight.detach().contiguous())
+        runners = [_Ours(ours)]
+        plain_runner = _Ours(plain)
+        plain_runner.name = "rwkvblocks, [out, in] weights"
+        runners.append(plain_runner)
+        if with_reference:
+            runners.append(_Reference(_reference_class()(str(path), "cpu fp32", verbose=False)))
+        torch.set_num_threads(threads)  # importing rwkv must not change it
+        g = torch.Generator().manual_seed(1)
+        prompt = torch.randint(0, cfg.vocab_size, (T,), generator=g).tolist()
+        stream = torch.randint(0, cfg.vocab_size, (decode_tokens,), generator=g).tolist()
+        prefill: dict[str, list[float]] = {r.name: [] for r in runners}
+        decode: dict[str, list[float]] = {r.name: [] for r in runners}
+        last: dict[str, torch.Tensor] = {}
+        with torch.inference_mode():
+            for runner in runners:  # warm-up (TorchScript profiles its first calls)
+                logits, state = runner.prefill(prompt[:16])
+                for token in stream[:4]:
+                    logits, state = runner.step(token, state)
+            for _ in range(repeats):
+                for runner in runners:
+                    t0 = time.perf_counter()
+                    logits, state = runner.prefill(prompt)
+                    prefill[runner.name].append(time.perf_counter() - t0)
+                    last[runner.name] = logits.float()
+                    for token in stream:
+                        t0 = time.perf_counter()
+                        logits, state = runner.step(token, state)
+                        decode[runner.name].append(time.perf_counter() - t0)
+    base = runners[-1].name if with_reference else runners[0].name
+    rows = [
+        "| implementation | prefill (T={T}) | prefill tokens/s | decode per token | decode tokens/s | prefill speed-up | decode speed-up |".format(T=T),
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    results = {}
+    for runner in runners:
+        p_ms, d_ms = _median_ms(prefill[runner.name]), _median_ms(decode[runner.name])
+        results[runner.name] = (p_ms, d_ms)
+    for name, (p_ms, d_ms) in results.items():
+        bp, bd = results[base]
+        rows.append(
+            f"| {name} | {p_ms:.1f} ms | {T / p_ms * 1e3:,.0f} | {d_ms:.2f} ms | {1e3 / d_ms:,.1f} "
+            f"| {bp / p_ms:.2f}x | {bd / d_ms:.2f}x |"
+        )
+    if with_reference:
+        diff = (last[runners[0].name] - last[base]).abs().max().item()
+        rows.append("")
+        rows.append(f"Last-token logits after prefill, ours vs reference: max |diff| = {diff:.2e}.")
+        results["max_abs_diff"] = diff
+    return rows, results
+
+
+def _machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {torch.get_num_threads()} threads"
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--version", default="x060", choices=["x052", "x060"])
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--dim", type=int, default=512)
+    p.add_argument("--vocab", type=int, default=65536)
+    p.add_argument("--T", type=int, default=1024, help="prompt length for prefill")
+    p.add_argument("--decode-tokens", type=int, default=32, help="tokens decoded per repeat")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--quick", action="store_true", help="T=256, 3 repeats, 16 decode tokens")
+    p.add_argument("--no-reference", action="store_true", help="skip the rwkv package")
+    p.add_argument("--out", type=Path, help="write the table to DIR/lm-cpu-fp32.md")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.T, args.repeats, args.decode_tokens = min(args.T, 256), 3, 16
+    head_dim = 64 if args.dim % 64 == 0 else 32
+    cfg = RWKVConfig(args.version, args.vocab, args.dim, args.layers, head_dim)
+    title = (
+        f"# RWKV language model on the CPU ({_machine()})\n\n"
+        f"{args.version}, {args.layers} layers, C={args.dim}, V={args.vocab}, fp32, torch {torch.__version__}; "
+        f"median of {args.repeats} interleaved prefills and {args.repeats * args.decode_tokens} decode steps; "
+        f"command: `python benchmarks/lm.py{' ' + ' '.join(argv) if argv else ''}`\n"
+    )
+    print(title)
+    rows, results = run(cfg, args.T, args.decode_tokens, args.repeats, not args.no_reference)
+    print("\n".join(rows))
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "lm-cpu-fp32.md").write_text(title + "\n" + "\n".join(rows) + "\n")
+    return results
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,70 @@
+"""One RWKV block: ``x = x + att(ln1(x)); x = x + ffn(ln2(x))``, with ``ln0`` first in block 0."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .state import LayerState
+
+__all__ = ["LAYER_NORM_EPS", "RWKVBlock"]
+
+LAYER_NORM_EPS = 1e-5
+
+
+class RWKVBlock(nn.Module):
+    """Pre-norm residual block around an injected token mixer and channel mixer.
+
+    Args:
+        att: Token mixer with the ``TimeMix`` contract:
+            ``att(x, (shift, wkv) | None) -> (y, (shift, wkv))``.
+        ffn: Channel mixer with the ``ChannelMix`` contract: ``ffn(x, shift | None) -> (y, shift)``.
+        dim: Channels ``C``.
+        layer_idx: Position in the stack; block 0 also owns ``ln0``, which normalises whatever
+            enters the stack (token embeddings and, in VisualRWKV, image features).
+        device, dtype: Of the LayerNorms.
+
+    Shapes:
+        forward(x `[B, T, C]`, state ``LayerState`` or ``None``) -> (x `[B, T, C]`, ``LayerState``).
+
+    Example:
+        >>> import torch
+        >>> from rwkvblocks import ChannelMix, TimeMix
+        >>> block = RWKVBlock(TimeMix.rwkv6(64, head_dim=32), ChannelMix.rwkv6(64), dim=64)
+        >>> y, state = block(torch.randn(2, 7, 64))
+        >>> y.shape, state.wkv.shape
+        (torch.Size([2, 7, 64]), torch.Size([2, 2, 32, 32]))
+    """
+
+    def __init__(
+        self,
+        att: nn.Module,
+        ffn: nn.Module,
+        *,
+        dim: int,
+        layer_idx: int = 0,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        kw = {"eps": LAYER_NORM_EPS, "device": device, "dtype": dtype}
+        self.dim, self.layer_idx = dim, layer_idx
+        self.ln0 = nn.LayerNorm(dim, **kw) if layer_idx == 0 else None
+        self.ln1 = nn.LayerNorm(dim, **kw)
+        self.ln2 = nn.LayerNorm(dim, **kw)
+        self.att = att
+        self.ffn = ffn
+
+    def forward(self, x: Tensor, state: LayerState | None = None) -> tuple[Tensor, LayerState]:
+        if x.dim() != 3 or x.shape[-1] != self.dim:
+            raise ValueError(f"RWKVBlock {self.layer_idx}: x must be [B, T, {self.dim}], got {tuple(x.shape)}")
+        if self.ln0 is not None:
+            x = self.ln0(x)
+        att_state = None if state is None else (state.att_shift, state.wkv)
+        y, (att_shift, wkv) = self.att(self.ln1(x), att_state)
+        x = x + y
+        y, ffn_shift = self.ffn(self.ln2(x), None if state is None else state.ffn_shift)
+        return x + y, LayerState(att_shift, wkv, ffn_shift)
+
+    def extra_repr(self) -> str:
+        return f"{self.dim}, layer_idx={self.layer_idx}"

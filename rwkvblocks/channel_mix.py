@@ -1,0 +1,130 @@
+"""RWKV channel mixing (the FFN): ``sigmoid(receptance(x_r)) * value(relu(key(x_k)) ** 2)``."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ._init import channel_ramp, fill_, layer_ratios, orthogonal_
+from .token_shift import TokenShift
+
+__all__ = ["ChannelMix", "ffn_dim"]
+
+
+def ffn_dim(dim: int) -> int:
+    """BlinkDL's hidden width for RWKV-5/6: ``int(3.5 * C) // 32 * 32``."""
+    return int(3.5 * dim) // 32 * 32
+
+
+class ChannelMix(nn.Module):
+    """RWKV channel mixing with an injected (static) token shift.
+
+    Args:
+        dim: Channels ``C``.
+        hidden_dim: FFN width ``F`` (``ffn_dim(C)`` in released models).
+        token_shift: Produces the mixed inputs ``k`` and ``r`` (a ``TokenShift``: ``form="maa"``
+            for RWKV-6, ``"lerp"`` for RWKV-5).
+        layer_idx, num_layers: Position in the stack; used only by ``reset_parameters``.
+        device, dtype: Of the parameters.
+
+    Shapes:
+        forward(x `[B, T, C]`, state: shift `[B, C]` or ``None``) -> (y `[B, T, C]`, shift `[B, C]`).
+        ``key`` `[F, C]`, ``receptance`` `[C, C]`, ``value`` `[C, F]` (``nn.Linear`` weights).
+
+    Reference: BlinkDL RWKV-LM x052 / x060 ``RWKV_ChannelMix`` (DESIGN.md §4).
+
+    Example:
+        >>> import torch
+        >>> ffn = ChannelMix.rwkv6(64)
+        >>> y, shift = ffn(torch.randn(1, 3, 64))
+        >>> y.shape, shift.shape
+        (torch.Size([1, 3, 64]), torch.Size([1, 64]))
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        hidden_dim: int,
+        *,
+        token_shift: nn.Module,
+        layer_idx: int = 0,
+        num_layers: int = 1,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        names = set(getattr(token_shift, "names", ()))
+        if not {"k", "r"} <= names:
+            raise ValueError(f"token_shift must produce ['k', 'r'], it produces {sorted(names)}")
+        layer_ratios(layer_idx, num_layers)
+        self.dim, self.hidden_dim = dim, hidden_dim
+        self.layer_idx, self.num_layers = layer_idx, num_layers
+        kw = {"device": device, "dtype": dtype}
+        self.token_shift = token_shift
+        self.key = nn.Linear(dim, hidden_dim, bias=False, **kw)
+        self.receptance = nn.Linear(dim, dim, bias=False, **kw)
+        self.value = nn.Linear(hidden_dim, dim, bias=False, **kw)
+
+    @classmethod
+    def rwkv6(
+        cls,
+        dim: int,
+        *,
+        hidden_dim: int | None = None,
+        layer_idx: int = 0,
+        num_layers: int = 1,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> ChannelMix:
+        """RWKV-6 (x060) channel mixing (``time_maa_k/r``), initialised."""
+        return cls._build(dim, hidden_dim, "maa", layer_idx, num_layers, device, dtype)
+
+    @classmethod
+    def rwkv5(
+        cls,
+        dim: int,
+        *,
+        hidden_dim: int | None = None,
+        layer_idx: int = 0,
+        num_layers: int = 1,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> ChannelMix:
+        """RWKV-5 (x052) channel mixing (``time_mix_k/r``), initialised."""
+        return cls._build(dim, hidden_dim, "lerp", layer_idx, num_layers, device, dtype)
+
+    @classmethod
+    def _build(cls, dim, hidden_dim, form, layer_idx, num_layers, device, dtype) -> ChannelMix:
+        kw = {"device": device, "dtype": dtype}
+        module = cls(
+            dim,
+            ffn_dim(dim) if hidden_dim is None else hidden_dim,
+            token_shift=TokenShift(dim, names=("k", "r"), form=form, **kw),
+            layer_idx=layer_idx,
+            num_layers=num_layers,
+            **kw,
+        )
+        module.reset_parameters()
+        return module
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """BlinkDL's from-scratch initialisation (DESIGN.md §4)."""
+        _, r1 = layer_ratios(self.layer_idx, self.num_layers)
+        ramp = channel_ramp(self.dim) ** r1
+        shift = self.token_shift
+        if isinstance(shift, TokenShift):
+            mix = ramp if shift.form == "lerp" else 1 - ramp
+            fill_(shift.mix, mix.expand(len(shift.names), -1))
+        orthogonal_(self.key.weight, 1.0)
+        orthogonal_(self.receptance.weight, 0.0)
+        orthogonal_(self.value.weight, 0.0)
+
+    def forward(self, x: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        mixed, new_shift = self.token_shift(x, state)
+        inputs = dict(zip(self.token_shift.names, mixed))
+        k = torch.relu(self.key(inputs["k"])).square()
+        return torch.sigmoid(self.receptance(inputs["r"])) * self.value(k), new_shift
+
+    def extra_repr(self) -> str:
+        return f"{self.dim}, hidden_dim={self.hidden_dim}, layer_idx={self.layer_idx}"

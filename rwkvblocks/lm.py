@@ -1,0 +1,165 @@
+"""RWKV language model: embedding, a stack of ``RWKVBlock``, ``ln_out`` and an unbiased head."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ._init import orthogonal_
+from .state import LayerState, RWKVState
+
+__all__ = ["RWKVLanguageModel"]
+
+
+class RWKVLanguageModel(nn.Module):
+    """``logits = head(ln_out(blocks(ln0(x))))`` with ``x`` token embeddings or any embeddings.
+
+    Accepting embeddings is what lets an image's features enter the sequence anywhere: build
+    ``embeds`` with ``embed(tokens)`` and splice features in before calling the model.
+
+    Args:
+        emb: Token embedding `[V, C]`.
+        blocks: The blocks, block 0 first (it owns ``ln0``).
+        ln_out: Final LayerNorm.
+        head: Output projection `[V, C]`, no bias.
+
+    Shapes:
+        forward(tokens `[B, T]` int64, state ``RWKVState`` or ``None``; or ``embeds=`` `[B, T, C]`)
+        -> (logits `[B, T, V]` in the model dtype, new ``RWKVState``).
+        A whole sequence at once (parallel) and token by token with the carried state
+        (recurrent) give the same logits and states.
+
+    Reference: BlinkDL RWKV-LM x052 / x060 (DESIGN.md §4), checked against the ``rwkv`` package.
+    Builders and checkpoint loading: ``assemblies.build_rwkv_lm``, ``assemblies.load_rwkv_lm``.
+    """
+
+    def __init__(
+        self,
+        emb: nn.Embedding,
+        blocks: Sequence[nn.Module],
+        ln_out: nn.LayerNorm,
+        head: nn.Linear,
+    ) -> None:
+        super().__init__()
+        if not blocks:
+            raise ValueError("RWKVLanguageModel needs at least one block")
+        self.emb = emb
+        self.blocks = nn.ModuleList(blocks)
+        self.ln_out = ln_out
+        self.head = head
+        self.vocab_size, self.dim = emb.weight.shape
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """BlinkDL's from-scratch init of the embedding (``U(±1e-4)``) and head (orthogonal)."""
+        if not self.emb.weight.is_meta:
+            self.emb.weight.uniform_(-1e-4, 1e-4)
+        orthogonal_(self.head.weight, 0.5)
+
+    @torch.no_grad()
+    def use_decode_layout_(self) -> RWKVLanguageModel:
+        """Re-store every ``nn.Linear`` weight as the transpose of a contiguous `[in, out]` matrix.
+
+        Values, shapes, ``state_dict`` keys and gradients are unchanged; only the memory layout
+        moves. Decoding one token reads every weight once, and on the CPU the matrix-vector
+        product streams `[in, out]` storage about twice as fast as `[out, in]` (``benchmarks/lm.py``
+        shows the effect on whole-model decoding). Prefill speed is unaffected. Returns ``self``.
+        """
+        for module in self.modules():
+            if isinstance(module, nn.Linear) and module.weight.is_contiguous() and not module.weight.is_meta:
+                weight = module.weight
+                module.weight = nn.Parameter(weight.t().contiguous().t(), requires_grad=weight.requires_grad)
+        return self
+
+    def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> RWKVState:
+        """A zero state for ``batch_size`` sequences (on the model's device by default)."""
+        att = self.blocks[0].att
+        return RWKVState.zeros(
+            num_layers=len(self.blocks),
+            batch_size=batch_size,
+            dim=self.dim,
+            num_heads=att.num_heads,
+            head_dim=att.head_dim,
+            device=device or self.emb.weight.device,
+            dtype=self.emb.weight.dtype,
+        )
+
+    def embed(self, tokens: Tensor) -> Tensor:
+        """Token embeddings `[B, T, C]` (before ``ln0``, which block 0 applies)."""
+        if tokens.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"tokens must be int64 (or int32) token ids, got dtype {tokens.dtype}")
+        if tokens.numel() and not tokens.is_meta:
+            lo, hi = int(tokens.min()), int(tokens.max())
+            if lo < 0 or hi >= self.vocab_size:
+                raise ValueError(f"token ids must be in [0, {self.vocab_size}), got values in [{lo}, {hi}]")
+        return self.emb(tokens)
+
+    def features(
+        self,
+        tokens: Tensor | None = None,
+        state: RWKVState | None = None,
+        *,
+        embeds: Tensor | None = None,
+    ) -> tuple[Tensor, RWKVState]:
+        """The hidden states after ``ln_out`` `[B, T, C]` (what the head reads) and the new state."""
+        if (tokens is None) == (embeds is None):
+            raise ValueError("pass exactly one of tokens [B, T] or embeds [B, T, C]")
+        if tokens is not None:
+            if tokens.dim() != 2:
+                raise ValueError(f"tokens must have shape [B, T], got {tuple(tokens.shape)}")
+            x = self.embed(tokens)
+        else:
+            x = embeds
+            if x.dim() != 3 or x.shape[-1] != self.dim:
+                raise ValueError(f"embeds must have shape [B, T, {self.dim}], got {tuple(x.shape)}")
+            if x.dtype != self.emb.weight.dtype:
+                raise ValueError(f"embeds must have the model dtype {self.emb.weight.dtype}, got {x.dtype}")
+        B, T = x.shape[:2]
+        if T == 0:
+            raise ValueError("the sequence is empty (T = 0)")
+        if state is not None:
+            self._check_state(state, B)
+        layers = state.layers if state is not None else (None,) * len(self.blocks)
+        new_layers = []
+        for block, layer_state in zip(self.blocks, layers):
+            x, layer_state = block(x, layer_state)
+            new_layers.append(layer_state)
+        return self.ln_out(x), RWKVState(tuple(new_layers))
+
+    def forward(
+        self,
+        tokens: Tensor | None = None,
+        state: RWKVState | None = None,
+        *,
+        embeds: Tensor | None = None,
+        logits_to_keep: int | None = None,
+    ) -> tuple[Tensor, RWKVState]:
+        """Logits and the new state; ``logits_to_keep=n`` computes only the last ``n`` positions.
+
+        Prefilling a prompt needs only the last position's logits (``logits_to_keep=1``), which
+        skips ``T - 1`` head projections — the head is the largest matrix in small models.
+        """
+        hidden, state = self.features(tokens, state, embeds=embeds)
+        if logits_to_keep is not None:
+            if logits_to_keep < 1:
+                raise ValueError(f"logits_to_keep must be >= 1 or None, got {logits_to_keep}")
+            hidden = hidden[:, -logits_to_keep:]
+        return self.head(hidden), state
+
+    def _check_state(self, state: RWKVState, batch_size: int) -> None:
+        if not isinstance(state, RWKVState):
+            raise ValueError(f"state must be an RWKVState, got {type(state).__name__}")
+        if state.num_layers != len(self.blocks):
+            raise ValueError(f"state has {state.num_layers} layers, the model {len(self.blocks)}")
+        if state.batch_size != batch_size:
+            raise ValueError(f"state has batch size {state.batch_size}, the input {batch_size}")
+        expected = self.initial_state(1, device="meta").layers[0]
+        got = state.layers[0]
+        for name, want, have in zip(LayerState._fields, expected, got):
+            if have.shape[1:] != want.shape[1:]:
+                raise ValueError(
+                    f"state.{name} must have shape [B, {', '.join(map(str, want.shape[1:]))}], "
+                    f"got {tuple(have.shape)}"
+                )

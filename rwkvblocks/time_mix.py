@@ -1,0 +1,297 @@
+"""RWKV time mixing (the token mixer): token shift, r/k/v/g projections, WKV, GroupNorm, output.
+
+One class serves RWKV-5 (x052) and RWKV-6 (x060): the two differ only in the injected token shift
+(static or data-dependent) and decay (static per channel, or data-dependent per token), which is
+also what decides between ``ops.wkv5`` and ``ops.wkv6``. ``TimeMix.rwkv5`` / ``TimeMix.rwkv6``
+build the released configurations with BlinkDL's from-scratch initialisation (DESIGN.md §4).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ._init import channel_ramp, fill_, layer_ratios, orthogonal_
+from .ops import wkv5, wkv6
+from .token_shift import DataDependentTokenShift, TokenShift
+
+__all__ = ["DataDependentDecay", "StaticDecay", "TimeMix"]
+
+GROUP_NORM_EPS = 64e-5  # BlinkDL: ln_x eps 1e-5 on y / 8, i.e. 64e-5 on y
+
+
+class StaticDecay(nn.Module):
+    """RWKV-5 decay: one learned log-log decay per head and channel, ``w = -exp(time_decay)``.
+
+    Shapes:
+        forward(x_w=None) -> w `[H, K]` fp32 (the log of the decay, ``<= 0``).
+        ``time_decay``: `[H, K]`.
+    """
+
+    input_name: str | None = None
+
+    def __init__(
+        self,
+        num_heads: int,
+        head_dim: int,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self.num_heads, self.head_dim = num_heads, head_dim
+        self.time_decay = nn.Parameter(torch.full((num_heads, head_dim), -1.0, device=device, dtype=dtype))
+
+    def forward(self, x_w: Tensor | None = None) -> Tensor:
+        return -torch.exp(self.time_decay.to(_accumulation(self.time_decay.dtype)))
+
+
+class DataDependentDecay(nn.Module):
+    """RWKV-6 decay: ``w = -exp(time_decay + tanh(x_w @ lora_a) @ lora_b)`` per token, in fp32.
+
+    Args:
+        dim: Channels ``C = H * K``.
+        num_heads: Heads ``H``.
+        rank: LoRA rank ``Dd`` (64 in released models, 128 at C = 4096).
+
+    Shapes:
+        forward(x_w `[B, T, C]`) -> w `[B, T, H, K]` fp32. ``time_decay`` `[C]`,
+        ``lora_a`` `[C, Dd]`, ``lora_b`` `[Dd, C]` (both used as ``x @ W``).
+    """
+
+    input_name: str | None = "w"
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        *,
+        rank: int = 64,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim={dim} is not divisible by num_heads={num_heads}")
+        self.dim, self.num_heads, self.rank = dim, num_heads, rank
+        kw = {"device": device, "dtype": dtype}
+        self.time_decay = nn.Parameter(torch.full((dim,), -1.0, **kw))
+        self.lora_a = nn.Parameter(torch.zeros(dim, rank, **kw))
+        self.lora_b = nn.Parameter(torch.zeros(rank, dim, **kw))
+
+    def forward(self, x_w: Tensor | None = None) -> Tensor:
+        if x_w is None:
+            raise ValueError("DataDependentDecay needs the token-shifted input x_w")
+        B, T, C = x_w.shape
+        lora = torch.tanh(x_w @ self.lora_a) @ self.lora_b
+        acc = _accumulation(x_w.dtype)
+        w = -torch.exp(self.time_decay.to(acc) + lora.to(acc))
+        return w.view(B, T, self.num_heads, C // self.num_heads)
+
+
+class TimeMix(nn.Module):
+    """RWKV time mixing with an injected token shift and decay.
+
+    ``y = output(GroupNorm_H(WKV(r, k, v, w, u)) * silu(gate(x_g)))`` with ``r, k, v`` the
+    projections of the token-shifted inputs ``x_r, x_k, x_v`` and ``u = time_faaaa``.
+
+    Args:
+        dim: Channels ``C``.
+        num_heads: Heads ``H``; the head size is ``C / H`` (64 in released models).
+        token_shift: Produces the mixed inputs; its ``names`` must contain ``k, v, r, g`` and,
+            for a data-dependent decay, ``w``.
+        decay: ``StaticDecay`` (RWKV-5, runs ``ops.wkv5``) or ``DataDependentDecay``
+            (RWKV-6, runs ``ops.wkv6``), or any module with the same contract.
+        layer_idx, num_layers: Position in the stack; used only by ``reset_parameters``.
+        device, dtype: Of the parameters.
+
+    Shapes:
+        forward(x `[B, T, C]`, state ``(shift [B, C], wkv [B, H, K, K] fp32)`` or ``None``)
+        -> (y `[B, T, C]`, new state). The same call runs a whole sequence (parallel, through
+        the chunked WKV) or one token at a time with the carried state (recurrent).
+
+    Reference: BlinkDL RWKV-LM x052 / x060 (DESIGN.md §4); checked against the ``rwkv``
+    package in ``tests/test_lm_parity.py``. Backends: those of ``ops.wkv6``.
+
+    Example:
+        >>> import torch
+        >>> mixer = TimeMix.rwkv6(128, head_dim=32)  # any [B, T, C] token mixer slot
+        >>> y, state = mixer(torch.randn(2, 10, 128))
+        >>> y.shape, state[1].shape
+        (torch.Size([2, 10, 128]), torch.Size([2, 4, 32, 32]))
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        num_heads: int,
+        token_shift: nn.Module,
+        decay: nn.Module,
+        layer_idx: int = 0,
+        num_layers: int = 1,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim={dim} is not divisible by num_heads={num_heads}")
+        needed = {"k", "v", "r", "g"} | ({decay.input_name} if decay.input_name else set())
+        names = set(getattr(token_shift, "names", ()))
+        if not needed <= names:
+            raise ValueError(f"token_shift must produce {sorted(needed)}, it produces {sorted(names)}")
+        layer_ratios(layer_idx, num_layers)  # validates the position
+        self.dim, self.num_heads, self.head_dim = dim, num_heads, dim // num_heads
+        self.layer_idx, self.num_layers = layer_idx, num_layers
+        kw = {"device": device, "dtype": dtype}
+        self.token_shift = token_shift
+        self.decay = decay
+        self.time_faaaa = nn.Parameter(torch.zeros(num_heads, self.head_dim, **kw))
+        self.receptance = nn.Linear(dim, dim, bias=False, **kw)
+        self.key = nn.Linear(dim, dim, bias=False, **kw)
+        self.value = nn.Linear(dim, dim, bias=False, **kw)
+        self.gate = nn.Linear(dim, dim, bias=False, **kw)
+        self.output = nn.Linear(dim, dim, bias=False, **kw)
+        self.ln_x = nn.GroupNorm(num_heads, dim, eps=GROUP_NORM_EPS, **kw)
+
+    @classmethod
+    def rwkv6(
+        cls,
+        dim: int,
+        *,
+        head_dim: int = 64,
+        mix_rank: int = 32,
+        decay_rank: int = 64,
+        layer_idx: int = 0,
+        num_layers: int = 1,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> TimeMix:
+        """RWKV-6 (x060) time mixing: data-dependent token shift and decay, initialised."""
+        num_heads = _heads(dim, head_dim)
+        kw = {"device": device, "dtype": dtype}
+        module = cls(
+            dim,
+            num_heads=num_heads,
+            token_shift=DataDependentTokenShift(dim, names=("w", "k", "v", "r", "g"), rank=mix_rank, **kw),
+            decay=DataDependentDecay(dim, num_heads, rank=decay_rank, **kw),
+            layer_idx=layer_idx,
+            num_layers=num_layers,
+            **kw,
+        )
+        module.reset_parameters()
+        return module
+
+    @classmethod
+    def rwkv5(
+        cls,
+        dim: int,
+        *,
+        head_dim: int = 64,
+        layer_idx: int = 0,
+        num_layers: int = 1,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> TimeMix:
+        """RWKV-5 (x052) time mixing: static token shift and decay, initialised."""
+        num_heads = _heads(dim, head_dim)
+        kw = {"device": device, "dtype": dtype}
+        module = cls(
+            dim,
+            num_heads=num_heads,
+            token_shift=TokenShift(dim, names=("k", "v", "r", "g"), form="lerp", **kw),
+            decay=StaticDecay(num_heads, dim // num_heads, **kw),
+            layer_idx=layer_idx,
+            num_layers=num_layers,
+            **kw,
+        )
+        module.reset_parameters()
+        return module
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """BlinkDL's from-scratch initialisation (DESIGN.md §4) for the x052/x060 submodules."""
+        C, L, i = self.dim, self.num_layers, self.layer_idx
+        r0, r1 = layer_ratios(i, L)
+        ddd = channel_ramp(C)
+        n = torch.arange(C, dtype=torch.float64)
+        decay = -6 + 5 * (n / max(C - 1, 1)) ** (0.7 + 1.3 * r0)
+        bonus = r0 * (1 - n / max(C - 1, 1)) + 0.1 * ((n + 1) % 3 - 1)
+        fill_(self.time_faaaa, bonus)
+        # 'maa' mixes store 1 - (the 'lerp' value); the ramps are the same.
+        ramps = {
+            "w": ddd**r1,
+            "k": ddd**r1,
+            "v": ddd**r1 + 0.3 * r0,
+            "r": ddd ** (0.5 * r1),
+            "g": ddd ** (0.5 * r1),
+        }
+        shift = self.token_shift
+        if isinstance(shift, (TokenShift, DataDependentTokenShift)):
+            lerp = isinstance(shift, TokenShift) and shift.form == "lerp"
+            mix = torch.stack([ramps[name] if lerp else 1 - ramps[name] for name in shift.names])
+            fill_(shift.mix, mix)
+        if isinstance(shift, DataDependentTokenShift):
+            fill_(shift.mix_x, 1 - ddd**r1)
+            fill_(shift.lora_a, torch.zeros(shift.lora_a.shape, dtype=torch.float64))
+            _uniform_(shift.lora_b, 0.01)
+        if isinstance(self.decay, (StaticDecay, DataDependentDecay)):
+            fill_(self.decay.time_decay, decay)
+        if isinstance(self.decay, DataDependentDecay):
+            fill_(self.decay.lora_a, torch.zeros(self.decay.lora_a.shape, dtype=torch.float64))
+            _uniform_(self.decay.lora_b, 0.01)
+        for linear, gain in (
+            (self.receptance, 1.0),
+            (self.key, 0.1),
+            (self.value, 1.0),
+            (self.gate, 0.1),
+            (self.output, 0.0),
+        ):
+            orthogonal_(linear.weight, gain)
+        fill_(self.ln_x.weight, torch.full((C,), ((1 + i) / L) ** 0.7, dtype=torch.float64))
+        fill_(self.ln_x.bias, torch.zeros(C, dtype=torch.float64))
+
+    def forward(
+        self, x: Tensor, state: tuple[Tensor, Tensor] | None = None
+    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        if x.dim() != 3 or x.shape[-1] != self.dim:
+            raise ValueError(f"TimeMix: x must have shape [B, T, {self.dim}], got {tuple(x.shape)}")
+        shift_state, wkv_state = (None, None) if state is None else state
+        mixed, new_shift = self.token_shift(x, shift_state)
+        inputs = dict(zip(self.token_shift.names, mixed))
+        B, T, C = x.shape
+        H, K = self.num_heads, self.head_dim
+        r = self.receptance(inputs["r"]).view(B, T, H, K)
+        k = self.key(inputs["k"]).view(B, T, H, K)
+        v = self.value(inputs["v"]).view(B, T, H, K)
+        g = F.silu(self.gate(inputs["g"]))
+        w = self.decay(inputs.get(self.decay.input_name) if self.decay.input_name else None)
+        u = self.time_faaaa.to(_accumulation(x.dtype))
+        wkv = wkv5 if w.dim() == 2 else wkv6
+        y, new_wkv = wkv(r, k, v, w, u, wkv_state)
+        acc = _accumulation(x.dtype)  # GroupNorm in fp32 for low-precision models, as upstream
+        norm = self.ln_x
+        y = F.group_norm(y.reshape(B * T, C).to(acc), H, norm.weight.to(acc), norm.bias.to(acc), norm.eps)
+        y = y.view(B, T, C).to(x.dtype) * g
+        return self.output(y), (new_shift, new_wkv)
+
+    def extra_repr(self) -> str:
+        return f"{self.dim}, num_heads={self.num_heads}, layer_idx={self.layer_idx}"
+
+
+def _accumulation(dtype: torch.dtype) -> torch.dtype:
+    """Decays, the bonus and GroupNorm run in fp32 (fp64 for fp64 models)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _heads(dim: int, head_dim: int) -> int:
+    if head_dim <= 0 or dim % head_dim:
+        raise ValueError(f"dim={dim} must be a positive multiple of head_dim={head_dim}")
+    return dim // head_dim
+
+
+@torch.no_grad()
+def _uniform_(param: Tensor, bound: float) -> None:
+    if not param.is_meta:
+        param.uniform_(-bound, bound)

@@ -1,0 +1,157 @@
+"""Token shift: mix each token with the one before it (RWKV-5 static, RWKV-6 data-dependent).
+
+Both forms take ``x`` `[B, T, C]` and return one mixed copy of it per name (``"k"``, ``"v"``, ...)
+plus the shift state, which is simply the last input vector `[B, C]`: feed it back as ``state``
+to continue the sequence. With ``x_prev[t] = x[t-1]`` (``x_prev[0]`` = state or zeros) and
+``xx = x_prev - x``:
+
+- ``TokenShift(form="maa")`` (RWKV-6 ``time_maa_*``): ``x_n = x + xx * mix_n``.
+- ``TokenShift(form="lerp")`` (RWKV-5 ``time_mix_*``): ``x_n = x * mix_n + x_prev * (1 - mix_n)``.
+- ``DataDependentTokenShift`` (RWKV-6 "ddlerp"):
+  ``x_n = x + xx * (mix_n + tanh((x + xx * mix_x) @ lora_a)_n @ lora_b[n])``.
+
+The exact formulas and initialisation follow DESIGN.md §4 (BlinkDL x052 / x060).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["DataDependentTokenShift", "TokenShift", "shift_tokens"]
+
+
+def shift_tokens(x: Tensor, state: Tensor | None) -> Tensor:
+    """The previous token of every position: ``x_prev[:, t] = x[:, t-1]``, ``x_prev[:, 0] = state``.
+
+    Shapes:
+        x: `[B, T, C]`; state: `[B, C]` or ``None`` (zeros). Returns `[B, T, C]`.
+    """
+    B, T, C = x.shape
+    first = x.new_zeros(B, 1, C) if state is None else state.unsqueeze(1).to(x.dtype)
+    if T == 1:
+        return first
+    return torch.cat([first, x[:, :-1]], dim=1)
+
+
+def _check(x: Tensor, state: Tensor | None, dim: int, owner: str) -> None:
+    if x.dim() != 3 or x.shape[-1] != dim:
+        raise ValueError(f"{owner}: x must have shape [B, T, {dim}], got {tuple(x.shape)}")
+    if state is not None and state.shape != (x.shape[0], dim):
+        raise ValueError(
+            f"{owner}: state must have shape [B, C] = [{x.shape[0]}, {dim}], got {tuple(state.shape)}"
+        )
+
+
+def _check_names(names: Sequence[str]) -> tuple[str, ...]:
+    names = tuple(names)
+    if not names or len(set(names)) != len(names):
+        raise ValueError(f"names must be a non-empty sequence of distinct names, got {names!r}")
+    return names
+
+
+class TokenShift(nn.Module):
+    """Static token shift: one learned per-channel mix for each output (RWKV-5, RWKV-6 FFN).
+
+    Args:
+        dim: Channels ``C``.
+        names: One mixed output per name, in this order (e.g. ``("k", "v", "r", "g")``).
+        form: ``"maa"`` (RWKV-6: ``x + (x_prev - x) * mix``) or ``"lerp"`` (RWKV-5:
+            ``x * mix + x_prev * (1 - mix)``). The two differ only in how ``mix`` is stored,
+            so that checkpoints load without rounding.
+        device, dtype: Of the parameters.
+
+    Shapes:
+        forward(x `[B, T, C]`, state `[B, C]` or ``None``) -> (tuple of ``len(names)`` tensors
+        `[B, T, C]`, new state `[B, C]`). ``mix``: `[len(names), C]`.
+
+    Example:
+        >>> import torch
+        >>> shift = TokenShift(8, names=("k", "r"))
+        >>> (xk, xr), state = shift(torch.randn(2, 5, 8))
+        >>> xk.shape, state.shape
+        (torch.Size([2, 5, 8]), torch.Size([2, 8]))
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        names: Sequence[str],
+        form: Literal["maa", "lerp"] = "maa",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        if form not in ("maa", "lerp"):
+            raise ValueError(f"form must be 'maa' or 'lerp', got {form!r}")
+        self.dim = dim
+        self.names = _check_names(names)
+        self.form = form
+        self.mix = nn.Parameter(torch.full((len(self.names), dim), 0.5, device=device, dtype=dtype))
+
+    def forward(self, x: Tensor, state: Tensor | None = None) -> tuple[tuple[Tensor, ...], Tensor]:
+        _check(x, state, self.dim, type(self).__name__)
+        x_prev = shift_tokens(x, state)
+        mix = self.mix.to(x.dtype).view(-1, 1, 1, self.dim)
+        if self.form == "maa":
+            mixed = x + (x_prev - x) * mix  # [N, B, T, C]
+        else:
+            mixed = x * mix + x_prev * (1 - mix)
+        return mixed.unbind(0), x[:, -1].clone()  # a copy: a view would pin all of x
+
+    def extra_repr(self) -> str:
+        return f"{self.dim}, names={self.names}, form={self.form!r}"
+
+
+class DataDependentTokenShift(nn.Module):
+    """RWKV-6 data-dependent token shift ("ddlerp") with its low-rank (LoRA) mixing.
+
+    Args:
+        dim: Channels ``C``.
+        names: Mixed outputs in checkpoint order (x060 time mixing: ``("w", "k", "v", "r", "g")``).
+        rank: LoRA rank ``Dm`` per output (32 in released models, 64 at C = 4096).
+        device, dtype: Of the parameters.
+
+    Shapes:
+        forward(x `[B, T, C]`, state `[B, C]` or ``None``) -> (tuple of ``len(names)`` tensors
+        `[B, T, C]`, new state `[B, C]`). Parameters: ``mix_x`` `[C]`, ``mix`` `[N, C]`,
+        ``lora_a`` `[C, N*Dm]` (used as ``x @ lora_a``), ``lora_b`` `[N, Dm, C]`.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        names: Sequence[str] = ("w", "k", "v", "r", "g"),
+        rank: int = 32,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self.dim = dim
+        self.names = _check_names(names)
+        self.rank = rank
+        n = len(self.names)
+        kw = {"device": device, "dtype": dtype}
+        self.mix_x = nn.Parameter(torch.full((dim,), 0.5, **kw))
+        self.mix = nn.Parameter(torch.full((n, dim), 0.5, **kw))
+        self.lora_a = nn.Parameter(torch.zeros(dim, n * rank, **kw))
+        self.lora_b = nn.Parameter(torch.zeros(n, rank, dim, **kw))
+
+    def forward(self, x: Tensor, state: Tensor | None = None) -> tuple[tuple[Tensor, ...], Tensor]:
+        _check(x, state, self.dim, type(self).__name__)
+        B, T, C = x.shape
+        n = len(self.names)
+        xx = shift_tokens(x, state) - x
+        lora_in = torch.tanh((x + xx * self.mix_x) @ self.lora_a)  # [B, T, N*Dm]
+        lora_in = lora_in.view(B * T, n, self.rank).transpose(0, 1)  # [N, B*T, Dm]
+        lora = torch.bmm(lora_in, self.lora_b).view(n, B, T, C)
+        mixed = x + xx * (self.mix.view(n, 1, 1, C) + lora)  # [N, B, T, C]
+        return mixed.unbind(0), x[:, -1].clone()  # a copy: a view would pin all of x
+
+    def extra_repr(self) -> str:
+        return f"{self.dim}, names={self.names}, rank={self.rank}"
