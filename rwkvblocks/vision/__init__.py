@@ -1,6 +1,33 @@
-"""Image encoders (timm, open_clip), projectors, token pooling and transforms.
+"""Image encoders (timm, open_clip), projectors, token layout and pooling, and preprocessing.
 
-Nothing is implemented here yet; see the project's issue tracker.
+``encoder(images [B, 3, H, W]) -> tokens [B, N, D]`` for any timm model (``TimmEncoder``) or open_clip
+vision transformer (``OpenCLIPEncoder``, by default upstream VisualRWKV's CLIP ViT-L/14 at 336 px), with
+the token layout (CLS first, last or dropped; patch grid pooled to g x g) chosen by a ``TokenLayout``.
+timm, open_clip and PIL are imported only when an encoder or transform is built.
 """
 
-__all__: list[str] = []
+from .checkpoint import hf_clip_vision_to_open_clip, load_state_dict_file
+from .encoder import ImageEncoder
+from .layout import TokenLayout, pool_patches
+from .open_clip_encoder import OpenCLIPEncoder
+from .projectors import LinearProjector, MLPProjector
+from .timm_encoder import TimmEncoder
+from .transforms import CLIP_MEAN, CLIP_STD, ImageInput, ImageTransform, clip_transform, load_image
+
+__all__ = [
+    "CLIP_MEAN",
+    "CLIP_STD",
+    "ImageEncoder",
+    "ImageInput",
+    "ImageTransform",
+    "LinearProjector",
+    "MLPProjector",
+    "OpenCLIPEncoder",
+    "TimmEncoder",
+    "TokenLayout",
+    "clip_transform",
+    "hf_clip_vision_to_open_clip",
+    "load_image",
+    "load_state_dict_file",
+    "pool_patches",
+]

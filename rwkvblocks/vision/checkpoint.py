@@ -1,0 +1,131 @@
+"""Local weight files, and Hugging Face CLIP vision weights converted to open_clip's naming.
+
+Upstream VisualRWKV checkpoints carry their frozen CLIP tower in Hugging Face ``CLIPVisionModel``
+naming under ``vit.vision_model.*`` (DESIGN.md §5). ``hf_clip_vision_to_open_clip`` renames those
+tensors for an open_clip ``VisionTransformer`` and fuses the separate q, k, v projections into
+``in_proj_weight`` / ``in_proj_bias`` (rows in q, k, v order, as ``nn.MultiheadAttention`` splits them).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+__all__ = ["hf_clip_vision_to_open_clip", "load_state_dict_file"]
+
+_HF_CLS = "embeddings.class_embedding"
+_HF_LAYER = re.compile(r"encoder\.layers\.(\d+)\.(.+)")
+# Hugging Face name (under the vision_model prefix) -> open_clip VisionTransformer name
+_HF_TOP = {
+    "embeddings.class_embedding": "class_embedding",
+    "embeddings.patch_embedding.weight": "conv1.weight",
+    "embeddings.position_embedding.weight": "positional_embedding",
+    "pre_layrnorm.weight": "ln_pre.weight",  # sic: "layrnorm" is the real Hugging Face name
+    "pre_layrnorm.bias": "ln_pre.bias",
+    "post_layernorm.weight": "ln_post.weight",
+    "post_layernorm.bias": "ln_post.bias",
+}
+_HF_BLOCK = {
+    "layer_norm1.weight": "ln_1.weight",
+    "layer_norm1.bias": "ln_1.bias",
+    "self_attn.out_proj.weight": "attn.out_proj.weight",
+    "self_attn.out_proj.bias": "attn.out_proj.bias",
+    "layer_norm2.weight": "ln_2.weight",
+    "layer_norm2.bias": "ln_2.bias",
+    "mlp.fc1.weight": "mlp.c_fc.weight",
+    "mlp.fc1.bias": "mlp.c_fc.bias",
+    "mlp.fc2.weight": "mlp.c_proj.weight",
+    "mlp.fc2.bias": "mlp.c_proj.bias",
+}
+_HF_QKV = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
+_HF_IGNORED = ("embeddings.position_ids",)  # a buffer older transformers versions saved
+
+
+def load_state_dict_file(path: str | os.PathLike) -> dict[str, Tensor]:
+    """Read a tensor dict from a local ``.safetensors`` file or a ``torch.save`` file.
+
+    ``torch.load`` runs with ``weights_only=True`` (no pickled code). A top-level ``"state_dict"`` entry
+    (Lightning and DeepSpeed exports) is unwrapped.
+
+    Raises:
+        FileNotFoundError: ``path`` is not a file; the message names it.
+        ValueError: The file is unreadable, holds pickled code, or does not hold a dict of tensors.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint file not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path), device="cpu")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickled code (refused by weights_only=True) or not a torch.save file
+        raise ValueError(f"cannot read {path} as a tensor-only checkpoint (weights_only=True): {err}") from err
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise ValueError(f"checkpoint {path} does not hold a dict of tensors")
+    return state
+
+
+def _hf_prefix(state_dict: dict[str, Tensor]) -> str | None:
+    prefixes = sorted(k[: -len(_HF_CLS)] for k in state_dict if k.endswith(_HF_CLS))
+    if len(prefixes) > 1:
+        raise ValueError(f"state dict holds several Hugging Face CLIP towers: {prefixes}")
+    return prefixes[0] if prefixes else None
+
+
+def hf_clip_vision_to_open_clip(state_dict: dict[str, Tensor], *, prefix: str | None = None) -> dict[str, Tensor]:
+    """Convert Hugging Face CLIP vision weights to an open_clip ``VisionTransformer`` state dict.
+
+    Keys outside ``prefix`` (``rwkv.*``, ``proj.*`` in an upstream checkpoint) are ignored; every key
+    inside it must be understood. The result has no ``proj`` (``CLIPVisionModel`` has no projection).
+
+    Args:
+        state_dict: Tensors named ``{prefix}embeddings.class_embedding``, ``{prefix}pre_layrnorm.weight``,
+            ``{prefix}encoder.layers.{i}.self_attn.q_proj.weight``, ...
+        prefix: The key prefix of the tower, e.g. ``"vit.vision_model."`` (upstream VisualRWKV) or
+            ``"vision_model."`` (``CLIPVisionModel``); found from the class embedding's key if ``None``.
+
+    Returns:
+        A new dict in open_clip naming (``class_embedding``, ``conv1.weight``, ``ln_pre.*``,
+        ``transformer.resblocks.{i}.attn.in_proj_weight``, ...), sharing the input tensors except the
+        fused q/k/v.
+    """
+    if prefix is None:
+        prefix = _hf_prefix(state_dict)
+        if prefix is None:
+            raise ValueError(f"no Hugging Face CLIP vision tower found: no key ends with {_HF_CLS!r}")
+    tower = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
+    if _HF_CLS not in tower:
+        raise ValueError(f"no {prefix + _HF_CLS!r} in the state dict")
+    out: dict[str, Tensor] = {}
+    qkv: dict[int, dict[str, Tensor]] = {}
+    unknown = []
+    for name, tensor in tower.items():
+        layer = _HF_LAYER.fullmatch(name)
+        if name in _HF_TOP:
+            out[_HF_TOP[name]] = tensor
+        elif name in _HF_IGNORED:
+            continue
+        elif layer and layer.group(2) in _HF_BLOCK:
+            out[f"transformer.resblocks.{layer.group(1)}.{_HF_BLOCK[layer.group(2)]}"] = tensor
+        elif layer and layer.group(2).rsplit(".", 1)[0] in _HF_QKV:
+            qkv.setdefault(int(layer.group(1)), {})[layer.group(2)] = tensor
+        else:
+            unknown.append(prefix + name)
+    if unknown:
+        raise ValueError(f"unrecognised Hugging Face CLIP vision keys: {unknown}")
+    for i, parts in sorted(qkv.items()):
+        for kind in ("weight", "bias"):
+            names = [f"{proj}.{kind}" for proj in _HF_QKV]
+            missing = [prefix + f"encoder.layers.{i}.{n}" for n in names if n not in parts]
+            if missing:
+                raise ValueError(f"incomplete q/k/v projections: missing {missing}")
+            out[f"transformer.resblocks.{i}.attn.in_proj_{kind}"] = torch.cat([parts[n] for n in names])
+    return out

@@ -1,0 +1,149 @@
+"""Image loading and preprocessing: PIL images, file paths or uint8 tensors in, a normalised batch out.
+
+Each encoder carries the transform it expects (``encoder.transform``): timm models use timm's data config,
+open_clip towers open_clip's preprocessing, and ``clip_transform`` reproduces the Hugging Face
+``CLIPImageProcessor`` that upstream VisualRWKV uses. PIL (and timm or open_clip for theirs) is imported
+only when a transform is built or called.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Union
+
+import torch
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+__all__ = ["CLIP_MEAN", "CLIP_STD", "ImageInput", "ImageTransform", "clip_transform", "load_image"]
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+ImageInput = Union["Image.Image", str, os.PathLike, Tensor]
+"""One image: a PIL image, a path to an image file, or a uint8 tensor `[3, H, W]`."""
+
+
+def load_image(image: ImageInput) -> Image.Image:
+    """Return ``image`` as a fully decoded RGB PIL image.
+
+    Args:
+        image: A PIL image (converted to RGB), a path to an image file (decoded completely, so a
+            truncated file fails here and not later), or a uint8 tensor `[3, H, W]` (RGB).
+
+    Raises:
+        FileNotFoundError: The path does not exist; the message names it.
+        ValueError: The file cannot be decoded (not an image, truncated, corrupt) — the message names
+            the file — or a tensor that is not uint8 `[3, H, W]`.
+    """
+    from PIL import Image
+
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    if isinstance(image, Tensor):
+        if image.dtype != torch.uint8 or image.dim() != 3 or image.shape[0] != 3:
+            raise ValueError(f"image tensors must be uint8 [3, H, W] (RGB), got {image.dtype} {list(image.shape)}")
+        return Image.fromarray(image.permute(1, 2, 0).contiguous().cpu().numpy())
+    if isinstance(image, (str, os.PathLike)):
+        path = Path(image)
+        if not path.is_file():
+            raise FileNotFoundError(f"image file not found: {path}")
+        try:
+            with Image.open(path) as opened:
+                opened.load()  # decode now: PIL is lazy and would report truncation much later
+                return opened.convert("RGB")
+        except (OSError, SyntaxError, ValueError) as err:  # PIL's decoders raise all three
+            raise ValueError(f"cannot read image file {path}: {err}") from err
+    raise ValueError(f"expected a PIL image, a file path or a uint8 tensor, got {type(image).__name__}")
+
+
+class ImageTransform:
+    """Turns images in any accepted form into the normalised batch an encoder expects.
+
+    Args:
+        per_image: Maps one RGB PIL image to a float tensor `[3, H, W]` (resize, crop, scale,
+            normalise), e.g. a torchvision ``Compose`` built by timm or open_clip.
+        image_size: `(H, W)` that ``per_image`` produces.
+
+    Shapes:
+        Input: one image or a sequence of images (PIL images, file paths, uint8 tensors `[3, H, W]`),
+        or a uint8 batch `[B, 3, H, W]`. Output: float32 `[B, 3, H, W]`.
+    """
+
+    def __init__(self, per_image: Callable[[Image.Image], Tensor], *, image_size: tuple[int, int]) -> None:
+        self.per_image = per_image
+        self.image_size = image_size
+
+    def __call__(self, images: ImageInput | Sequence[ImageInput]) -> Tensor:
+        if isinstance(images, Tensor) and images.dim() == 4:
+            items: Sequence[ImageInput] = list(images.unbind(0))
+        elif isinstance(images, (str, os.PathLike, Tensor)) or not isinstance(images, Sequence):
+            items = [images]
+        else:
+            items = images
+        if not items:
+            raise ValueError("expected at least one image, got an empty sequence")
+        return torch.stack([self.per_image(load_image(item)) for item in items])
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(image_size={self.image_size}, per_image={self.per_image!r})"
+
+
+class _ResizeCropNormalize:
+    """Hugging Face ``CLIPImageProcessor`` on one RGB image (see ``clip_transform``)."""
+
+    def __init__(self, size: int, mean: Sequence[float], std: Sequence[float]) -> None:
+        self.size = size
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+
+    def __call__(self, image: Image.Image) -> Tensor:
+        import numpy as np
+        from PIL import Image
+
+        size = self.size
+        width, height = image.size
+        short, long = (width, height) if width <= height else (height, width)
+        if short != size:
+            new_long = int(size * long / short)  # truncation, as transformers does
+            new_size = (size, new_long) if width <= height else (new_long, size)
+            image = image.resize(new_size, Image.Resampling.BICUBIC)
+            width, height = new_size
+        left, top = (width - size) // 2, (height - size) // 2  # floor: transformers' center_crop
+        image = image.crop((left, top, left + size, top + size))
+        pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
+        return (pixels - self.mean) / self.std
+
+    def __repr__(self) -> str:
+        return f"ResizeCropNormalize(size={self.size}, interpolation=bicubic)"
+
+
+def clip_transform(
+    size: int = 336,
+    *,
+    mean: Sequence[float] = CLIP_MEAN,
+    std: Sequence[float] = CLIP_STD,
+) -> ImageTransform:
+    """Upstream VisualRWKV's preprocessing (Hugging Face ``CLIPImageProcessor``, OpenAI CLIP settings).
+
+    Resize the shortest side to ``size`` with PIL bicubic (the long side truncated to an integer), crop
+    the centre ``size`` x ``size`` (offsets rounded down), scale to [0, 1], subtract ``mean``, divide by
+    ``std``. open_clip's own transform differs only in rounding the crop offset to nearest.
+
+    Args:
+        size: Output side in pixels.
+        mean: Per-channel mean (RGB).
+        std: Per-channel standard deviation (RGB).
+
+    Shapes:
+        Returns an ``ImageTransform`` producing float32 `[B, 3, size, size]`.
+    """
+    if size < 1:
+        raise ValueError(f"size must be a positive number of pixels, got {size}")
+    if len(mean) != 3 or len(std) != 3:
+        raise ValueError(f"mean and std need 3 values (RGB), got {len(mean)} and {len(std)}")
+    return ImageTransform(_ResizeCropNormalize(size, mean, std), image_size=(size, size))
