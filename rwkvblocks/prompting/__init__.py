@@ -1,6 +1,46 @@
-"""Prompt builders (image first / last / sandwich), chat template, labels and tokenizer.
+"""Prompt builders (image first / last / sandwich), chat template, labels, tokenizers and LLaVA data.
 
-Nothing is implemented here yet; see the project's issue tracker.
+- ``ImageFirstPrompt``, ``ImageLastPrompt``, ``SandwichPromptBuilder``: upstream VisualRWKV's chat
+  format, turning a LLaVA conversation into token ids, labels and image span offsets (``Prompt``).
+- ``WorldTokenizer`` (RWKV World vocabulary), ``ByteTokenizer`` (257 ids, for demos) and the
+  ``Tokenizer`` interface they share.
+- ``LLaVADataset``, ``LLaVACollator``, ``SkipReport``: LLaVA-1.5 JSON files read lazily, batches padded
+  on the right with per-sample image spans, and a per-epoch report of skipped bad samples.
 """
 
-__all__: list[str] = []
+from .dataset import BadSampleError, LLaVACollator, LLaVADataset, LLaVASample, SkippedSample, SkipReport
+from .prompt import (
+    IGNORE_INDEX,
+    IMAGE_PLACEHOLDER,
+    SHORT_ANSWER_PHRASE,
+    ConversationError,
+    ImageFirstPrompt,
+    ImageLastPrompt,
+    Prompt,
+    PromptBuilder,
+    SandwichPromptBuilder,
+    prompt_builder,
+)
+from .tokenizer import ByteTokenizer, Tokenizer, WorldTokenizer
+
+__all__ = [
+    "BadSampleError",
+    "ByteTokenizer",
+    "ConversationError",
+    "IGNORE_INDEX",
+    "IMAGE_PLACEHOLDER",
+    "ImageFirstPrompt",
+    "ImageLastPrompt",
+    "LLaVACollator",
+    "LLaVADataset",
+    "LLaVASample",
+    "Prompt",
+    "PromptBuilder",
+    "SHORT_ANSWER_PHRASE",
+    "SandwichPromptBuilder",
+    "SkipReport",
+    "SkippedSample",
+    "Tokenizer",
+    "WorldTokenizer",
+    "prompt_builder",
+]
