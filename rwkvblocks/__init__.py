@@ -8,24 +8,34 @@ Heavy optional dependencies (triton, timm, open_clip, xformers) are imported laz
 from .block import RWKVBlock
 from .channel_mix import ChannelMix, ffn_dim
 from .lm import RWKVLanguageModel
+from .losses import BatchLevelCE, SampleLevelCE
 from .ops import BackendUnavailableError, wkv5, wkv6
-from .state import LayerState, RWKVState
+from .scan import ScanPermuter, ScanPlan, Scanned
+from .state import KVCache, LayerState, RWKVState
 from .time_mix import DataDependentDecay, StaticDecay, TimeMix
+from .tiny_attention import TinyAttention
 from .token_shift import DataDependentTokenShift, TokenShift, shift_tokens
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BackendUnavailableError",
+    "BatchLevelCE",
     "ChannelMix",
     "DataDependentDecay",
     "DataDependentTokenShift",
+    "KVCache",
     "LayerState",
     "RWKVBlock",
     "RWKVLanguageModel",
     "RWKVState",
+    "SampleLevelCE",
+    "ScanPermuter",
+    "ScanPlan",
+    "Scanned",
     "StaticDecay",
     "TimeMix",
+    "TinyAttention",
     "TokenShift",
     "__version__",
     "ffn_dim",

@@ -19,6 +19,8 @@ class RWKVBlock(nn.Module):
         att: Token mixer with the ``TimeMix`` contract:
             ``att(x, (shift, wkv) | None) -> (y, (shift, wkv))``.
         ffn: Channel mixer with the ``ChannelMix`` contract: ``ffn(x, shift | None) -> (y, shift)``.
+        tiny_att: Optional layer after the FFN with the ``TinyAttention`` contract
+            (``tiny_att(x, cache | None) -> (x, cache)``, residual inside): VisualRWKV-Hybrid.
         dim: Channels ``C``.
         layer_idx: Position in the stack; block 0 also owns ``ln0``, which normalises whatever
             enters the stack (token embeddings and, in VisualRWKV, image features).
@@ -43,6 +45,7 @@ class RWKVBlock(nn.Module):
         *,
         dim: int,
         layer_idx: int = 0,
+        tiny_att: nn.Module | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -54,6 +57,7 @@ class RWKVBlock(nn.Module):
         self.ln2 = nn.LayerNorm(dim, **kw)
         self.att = att
         self.ffn = ffn
+        self.tiny_att = tiny_att
 
     def forward(self, x: Tensor, state: LayerState | None = None) -> tuple[Tensor, LayerState]:
         if x.dim() != 3 or x.shape[-1] != self.dim:
@@ -64,7 +68,11 @@ class RWKVBlock(nn.Module):
         y, (att_shift, wkv) = self.att(self.ln1(x), att_state)
         x = x + y
         y, ffn_shift = self.ffn(self.ln2(x), None if state is None else state.ffn_shift)
-        return x + y, LayerState(att_shift, wkv, ffn_shift)
+        x = x + y
+        kv = None
+        if self.tiny_att is not None:
+            x, kv = self.tiny_att(x, None if state is None else state.kv)
+        return x, LayerState(att_shift, wkv, ffn_shift, kv)
 
     def extra_repr(self) -> str:
         return f"{self.dim}, layer_idx={self.layer_idx}"

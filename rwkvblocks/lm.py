@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from ._init import orthogonal_
+from .scan import ScanPlan
 from .state import LayerState, RWKVState
 
 __all__ = ["RWKVLanguageModel"]
@@ -26,8 +27,8 @@ class RWKVLanguageModel(nn.Module):
         head: Output projection `[V, C]`, no bias.
 
     Shapes:
-        forward(tokens `[B, T]` int64, state ``RWKVState`` or ``None``; or ``embeds=`` `[B, T, C]`)
-        -> (logits `[B, T, V]` in the model dtype, new ``RWKVState``).
+        forward(tokens `[B, T]` int64, state ``RWKVState`` or ``None``; or ``embeds=`` `[B, T, C]`;
+        optional ``scan=`` ``ScanPlan``) -> (logits `[B, T, V]` in the model dtype, new ``RWKVState``).
         A whole sequence at once (parallel) and token by token with the carried state
         (recurrent) give the same logits and states.
 
@@ -102,8 +103,13 @@ class RWKVLanguageModel(nn.Module):
         state: RWKVState | None = None,
         *,
         embeds: Tensor | None = None,
+        scan: ScanPlan | None = None,
     ) -> tuple[Tensor, RWKVState]:
-        """The hidden states after ``ln_out`` `[B, T, C]` (what the head reads) and the new state."""
+        """The hidden states after ``ln_out`` `[B, T, C]` (what the head reads) and the new state.
+
+        ``scan`` (from ``ScanPermuter.plan``) makes block ``i`` read each image's patch span in the
+        schedule's direction for layer ``i``; the residual stream stays in raster order between blocks.
+        """
         if (tokens is None) == (embeds is None):
             raise ValueError("pass exactly one of tokens [B, T] or embeds [B, T, C]")
         if tokens is not None:
@@ -123,8 +129,11 @@ class RWKVLanguageModel(nn.Module):
             self._check_state(state, B)
         layers = state.layers if state is not None else (None,) * len(self.blocks)
         new_layers = []
-        for block, layer_state in zip(self.blocks, layers):
-            x, layer_state = block(x, layer_state)
+        for i, (block, layer_state) in enumerate(zip(self.blocks, layers)):
+            if scan is None:
+                x, layer_state = block(x, layer_state)
+            else:
+                x, layer_state = scan.apply(block, x, layer_state, i)
             new_layers.append(layer_state)
         return self.ln_out(x), RWKVState(tuple(new_layers))
 
@@ -134,6 +143,7 @@ class RWKVLanguageModel(nn.Module):
         state: RWKVState | None = None,
         *,
         embeds: Tensor | None = None,
+        scan: ScanPlan | None = None,
         logits_to_keep: int | None = None,
     ) -> tuple[Tensor, RWKVState]:
         """Logits and the new state; ``logits_to_keep=n`` computes only the last ``n`` positions.
@@ -141,7 +151,7 @@ class RWKVLanguageModel(nn.Module):
         Prefilling a prompt needs only the last position's logits (``logits_to_keep=1``), which
         skips ``T - 1`` head projections — the head is the largest matrix in small models.
         """
-        hidden, state = self.features(tokens, state, embeds=embeds)
+        hidden, state = self.features(tokens, state, embeds=embeds, scan=scan)
         if logits_to_keep is not None:
             if logits_to_keep < 1:
                 raise ValueError(f"logits_to_keep must be >= 1 or None, got {logits_to_keep}")
@@ -157,7 +167,7 @@ class RWKVLanguageModel(nn.Module):
             raise ValueError(f"state has batch size {state.batch_size}, the input {batch_size}")
         expected = self.initial_state(1, device="meta").layers[0]
         got = state.layers[0]
-        for name, want, have in zip(LayerState._fields, expected, got):
+        for name, want, have in zip(LayerState._fields[:3], expected, got):
             if have.shape[1:] != want.shape[1:]:
                 raise ValueError(
                     f"state.{name} must have shape [B, {', '.join(map(str, want.shape[1:]))}], "

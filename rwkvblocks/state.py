@@ -9,7 +9,18 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-__all__ = ["LayerState", "RWKVState"]
+__all__ = ["KVCache", "LayerState", "RWKVState"]
+
+
+class KVCache(NamedTuple):
+    """Keys and values of every position an attention layer has seen (``TinyAttention``).
+
+    Shapes:
+        k, v: `[B, H, L, D]` in the model dtype.
+    """
+
+    k: Tensor
+    v: Tensor
 
 
 class LayerState(NamedTuple):
@@ -19,11 +30,13 @@ class LayerState(NamedTuple):
         att_shift: `[B, C]`, the last ln1 output (model dtype).
         wkv: `[B, H, K, V]` fp32 (fp64 for fp64 models), key index first.
         ffn_shift: `[B, C]`, the last ln2 output (model dtype).
+        kv: the ``KVCache`` of the block's ``TinyAttention`` (hybrid models), else ``None``.
     """
 
     att_shift: Tensor
     wkv: Tensor
     ffn_shift: Tensor
+    kv: KVCache | None = None
 
 
 @dataclass(frozen=True)
@@ -72,12 +85,16 @@ class RWKVState:
         depths = {s.num_layers for s in states}
         if len(depths) != 1:
             raise ValueError(f"cannot join states with different layer counts: {sorted(depths)}")
-        return cls(
-            tuple(
-                LayerState(*(torch.cat(parts, dim=0) for parts in zip(*layer)))
-                for layer in zip(*(s.layers for s in states))
-            )
-        )
+        layers = []
+        for parts in zip(*(s.layers for s in states)):
+            caches = [p.kv for p in parts]
+            if any(c is None for c in caches) and not all(c is None for c in caches):
+                raise ValueError("cannot join states where only some carry an attention KV cache")
+            if caches[0] is not None and len({c.k.shape[2] for c in caches}) != 1:
+                raise ValueError("cannot join attention KV caches of different lengths")
+            kv = None if caches[0] is None else KVCache(*(torch.cat(t, 0) for t in zip(*caches)))
+            layers.append(LayerState(*(torch.cat(t, 0) for t in zip(*(p[:3] for p in parts))), kv))
+        return cls(tuple(layers))
 
     @property
     def num_layers(self) -> int:
@@ -114,17 +131,22 @@ class RWKVState:
         return self._map(Tensor.detach)
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> RWKVState:
-        """Move to ``device``; ``dtype`` applies to the shift vectors only (WKV stays fp32/fp64)."""
+        """Move to ``device``; ``dtype`` applies to shifts and KV caches (WKV stays fp32/fp64)."""
         return RWKVState(
             tuple(
                 LayerState(
                     layer.att_shift.to(device=device, dtype=dtype),
                     layer.wkv.to(device=device),
                     layer.ffn_shift.to(device=device, dtype=dtype),
+                    None if layer.kv is None else KVCache(*(t.to(device=device, dtype=dtype) for t in layer.kv)),
                 )
                 for layer in self.layers
             )
         )
 
     def _map(self, fn) -> RWKVState:
-        return RWKVState(tuple(LayerState(*(fn(t) for t in layer)) for layer in self.layers))
+        def one(layer: LayerState) -> LayerState:
+            kv = None if layer.kv is None else KVCache(*(fn(t) for t in layer.kv))
+            return LayerState(*(fn(t) for t in layer[:3]), kv)
+
+        return RWKVState(tuple(one(layer) for layer in self.layers))

@@ -42,3 +42,10 @@ def test_lm_benchmark_runs_against_the_reference(tmp_path, capsys):
     assert "| rwkvblocks |" in out and "| rwkv 0.8.32 |" in out
     assert results["max_abs_diff"] < 1e-4  # both sides ran the same checkpoint
     assert "| rwkv 0.8.32 |" in (tmp_path / "lm-cpu-fp32.md").read_text()
+
+
+def test_losses_benchmark_measures_both_implementations(tmp_path, capsys):
+    bench = _load("losses")
+    rows = bench.main(["--B", "1", "--T", "16", "--V", "64", "--out", str(tmp_path)])
+    assert any("rwkvblocks SampleLevelCE" in r for r in rows) and any("plain F.cross_entropy" in r for r in rows)
+    assert "MiB" in (tmp_path / "losses-cpu-bf16.md").read_text()

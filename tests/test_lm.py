@@ -45,10 +45,10 @@ def test_parallel_equals_recurrent_and_any_split(version):
             second, end = model(tokens[:, split:], mid)
             torch.testing.assert_close(torch.cat([first, second], 1), logits, atol=1e-10, rtol=0)
             for a, b in zip(state, end):
-                for x, y in zip(a, b):
+                for x, y in zip(a[:3], b[:3]):
                     torch.testing.assert_close(x, y, atol=1e-10, rtol=0)
     for a, b in zip(state, s):
-        for x, y in zip(a, b):
+        for x, y in zip(a[:3], b[:3]):
             torch.testing.assert_close(x, y, atol=1e-10, rtol=0)
 
 
@@ -62,7 +62,7 @@ def test_per_sample_state_equals_running_that_sample_alone():
         batched, _ = model(next_tok, state)
         single, _ = model(next_tok[1:2], state[1])
     for a, b in zip(state[1], alone):
-        for x, y in zip(a, b):
+        for x, y in zip(a[:3], b[:3]):
             torch.testing.assert_close(x, y, atol=1e-10, rtol=0)
     torch.testing.assert_close(batched[1:2], single, atol=1e-10, rtol=0)
 
@@ -150,7 +150,7 @@ def test_state_object():
     s = RWKVState.zeros(num_layers=2, batch_size=3, dim=8, num_heads=2, head_dim=4, dtype=torch.bfloat16)
     assert s.batch_size == 3 and s.num_layers == 2
     assert s.wkv(0).dtype == torch.float32 and s.layers[0].att_shift.dtype == torch.bfloat16
-    s = RWKVState(tuple(type(layer)(*(torch.randn_like(t) for t in layer)) for layer in s))
+    s = RWKVState(tuple(type(layer)(*(torch.randn_like(t) for t in layer[:3])) for layer in s))
     assert s[1].batch_size == 1 and s[-1].batch_size == 1 and s[0:2].batch_size == 2
     torch.testing.assert_close(s[2].wkv(1), s.wkv(1)[2:3])
     torch.testing.assert_close(s[torch.tensor([2, 0])].wkv(0), s.wkv(0)[[2, 0]])
@@ -158,7 +158,7 @@ def test_state_object():
         s[3]
     joined = RWKVState.cat([s[0], s[1:]])
     for a, b in zip(joined, s):
-        for x, y in zip(a, b):
+        for x, y in zip(a[:3], b[:3]):
             assert torch.equal(x, y)
     c = s.clone()
     assert c.wkv(0).data_ptr() != s.wkv(0).data_ptr() and torch.equal(c.wkv(0), s.wkv(0))
