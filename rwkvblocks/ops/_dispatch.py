@@ -2,7 +2,7 @@
 
 Each backend has a name, a cheap cached availability probe, ``unsupported_reasons(inputs)``
 and ``run``. Selection order: an explicit ``backend=`` argument, then the op's environment
-variable, then the first registered backend that reports no reasons. An explicitly requested
+variable, then the first registered backend that reports no reasons (``auto_reasons`` included). An explicitly requested
 backend (argument or variable) that cannot run the input raises with its reasons; it is never
 silently swapped for another.
 """
@@ -36,6 +36,9 @@ class Backend:
         probe: Returns why the backend is unavailable on this machine at all, or ``None``.
             Called once and cached.
         description: One line for ``python -m rwkvblocks.info``.
+        auto_reasons: Why automatic selection should pass over an input this backend can run
+            (it still runs it when requested by name), e.g. a Triton kernel on CPU tensors
+            under the interpreter.
     """
 
     name: str
@@ -43,6 +46,7 @@ class Backend:
     unsupported_reasons: Callable[[Any], list[str]] = field(default=lambda inputs: [])
     probe: Callable[[], str | None] = field(default=lambda: None)
     description: str = ""
+    auto_reasons: Callable[[Any], list[str]] = field(default=lambda inputs: [])
 
     def availability(self) -> str | None:
         """Why this backend is unavailable here (cached), or ``None`` when it is available."""
@@ -134,7 +138,7 @@ class Dispatcher:
         first = [n for n in (self.prefer(inputs) if self.prefer else ()) if n in self.names()]
         ordered = [self.get(n) for n in first] + [b for b in self._backends if b.name not in first]
         for b in ordered:
-            reasons = b.reasons(inputs)
+            reasons = b.reasons(inputs) or list(b.auto_reasons(inputs))
             if not reasons:
                 key = (b.name, device_key)
                 if key not in self._logged:

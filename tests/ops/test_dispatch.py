@@ -126,3 +126,10 @@ def test_wkv5_requires_static_decay_shape():
 
 def test_backend_error_is_a_value_error():
     assert issubclass(BackendUnavailableError, ValueError)
+
+
+def test_auto_reasons_skip_a_backend_only_in_automatic_selection():
+    only_by_name = Backend("by_name", lambda x: "by_name", auto_reasons=lambda x: ["only on request"])
+    d = Dispatcher("toy", "RWKVBLOCKS_TOY_BACKEND", [only_by_name, Backend("anything", lambda x: "anything")])
+    assert d.select(1).name == "anything"
+    assert d.select(1, "by_name").name == "by_name"

@@ -7,6 +7,8 @@ walking the index backwards. Gradients come from autograd over this loop in fp64
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 
 
@@ -61,3 +63,32 @@ def rel_err(x, ref):
     """Relative RMS error ||x - ref|| / ||ref|| in fp64."""
     ref = ref.double()
     return ((x.double() - ref).norm() / ref.norm().clamp_min(1e-300)).item()
+
+
+def wkv_loop_packed(r, k, v, w, u, state, cu_seqlens, reverse=False):
+    """``wkv_loop`` over packed sequences: r, k, v, w `[1, T, H, *]`, boundaries ``cu_seqlens``
+    (a list or tensor `[N+1]`), state `[N, H, K, V]` or None. Returns o `[1, T, H, V]` and the
+    final states `[N, H, K, V]` (fp64); each sequence starts from its own state."""
+    bounds = [int(b) for b in cu_seqlens]
+    H, K, V = r.shape[2], r.shape[3], v.shape[3]
+    outs, finals = [], []
+    for n, (bos, eos) in enumerate(itertools.pairwise(bounds)):
+        s_n = state[n : n + 1] if state is not None else None
+        if eos == bos:
+            finals.append(s_n.double() if s_n is not None else torch.zeros(1, H, K, V, dtype=torch.float64))
+            continue
+        o_n, f_n = wkv_loop(r[:, bos:eos], k[:, bos:eos], v[:, bos:eos], w[:, bos:eos], u, s_n, reverse)
+        outs.append(o_n)
+        finals.append(f_n)
+    return torch.cat(outs, dim=1), torch.cat(finals)
+
+
+def make_packed_case(lengths, H, K, *, strong=False, with_state=False, seed=0):
+    """Random fp64 packed inputs (``make_case`` with B = 1) and the boundaries as an int32 tensor."""
+    T = sum(lengths)
+    r, k, v, w, u, _ = make_case(1, T, H, K, strong=strong, seed=seed)
+    g = torch.Generator().manual_seed(seed + 7)
+    N = len(lengths)
+    s0 = torch.randn(N, H, K, K, generator=g, dtype=torch.float64) if with_state else None
+    cu = torch.tensor([0] + list(itertools.accumulate(lengths)), dtype=torch.int32)
+    return r, k, v, w, u, s0, cu

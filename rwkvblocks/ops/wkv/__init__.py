@@ -2,24 +2,37 @@
 
 The math is in ``README.md`` beside this file. Backends, in order of automatic preference:
 
+- ``triton_chunk`` (``wkv6_triton_chunk``): Triton, chunks of 16 tokens streamed with the state
+  on chip, forward and backward; the default for prefill and training on CUDA tensors.
+- ``triton_recurrent`` (``wkv6_triton_recurrent``): Triton, one token at a time with the state in
+  registers, forward only; preferred on CUDA for decoding (at most ``TRITON_DECODE_MAX_LEN``
+  tokens per sequence, no gradient).
 - ``chunked`` (``wkv6_chunked``): chunked PyTorch with a hand-written, linear-memory backward;
-  the default on every device until faster kernels are registered.
+  the default on a CPU.
 - ``reference`` (``wkv6_reference``): one token at a time; the oracle, always accepts. Automatic
   selection also prefers it for decoding on a CPU (``T <= DECODE_MAX_LEN``), where it is faster.
 
-Choose one explicitly with ``backend=`` or the ``RWKVBLOCKS_WKV_BACKEND`` environment variable.
+The Triton backends need CUDA tensors; with ``TRITON_INTERPRET=1`` (set before the first call)
+they also run CPU tensors through the Triton interpreter, but only when asked for by name:
+automatic selection on a CPU never picks them. Every backend accepts packed sequences
+(``cu_seqlens``). Choose one explicitly with ``backend=`` or the ``RWKVBLOCKS_WKV_BACKEND``
+environment variable.
 """
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from .._dispatch import Backend, BackendUnavailableError, Dispatcher
+from ._triton_common import INTERPRET_ENV, triton_probe, triton_reasons
 from .chunked import DEFAULT_CHUNK_SIZE, wkv6_chunked
 from .reference import accumulation_dtype, wkv6_reference
+from .triton_chunk import wkv6_triton_chunk
+from .triton_recurrent import wkv6_triton_recurrent
 
 __all__ = [
     "BackendUnavailableError",
@@ -28,6 +41,8 @@ __all__ = [
     "wkv6",
     "wkv6_chunked",
     "wkv6_reference",
+    "wkv6_triton_chunk",
+    "wkv6_triton_recurrent",
     "wkv_dispatcher",
 ]
 
@@ -48,30 +63,76 @@ class WKVInputs:
     reverse: bool
     has_state: bool
     requires_grad: bool
+    num_seqs: int | None = None  # packed sequences (``cu_seqlens``); None when not packed
 
     @classmethod
-    def from_tensors(cls, r: Tensor, v: Tensor, state: Tensor | None, reverse: bool, grad: bool):
+    def from_tensors(
+        cls,
+        r: Tensor,
+        v: Tensor,
+        state: Tensor | None,
+        reverse: bool,
+        grad: bool,
+        cu_seqlens: Tensor | None = None,
+    ):
         B, T, H, K = r.shape
-        return cls(B, T, H, K, v.shape[-1], r.dtype, r.device, reverse, state is not None, grad)
+        num_seqs = None if cu_seqlens is None else cu_seqlens.numel() - 1
+        return cls(B, T, H, K, v.shape[-1], r.dtype, r.device, reverse, state is not None, grad, num_seqs)
 
 
-def _run_chunked(r, k, v, w, u, state, *, reverse):
-    T = r.shape[1]
-    chunk = min(DEFAULT_CHUNK_SIZE, 1 << max(0, T - 1).bit_length())  # no padding past T
-    return wkv6_chunked(r, k, v, w, u, state, reverse=reverse, chunk_size=chunk)
+def _chunk_for(T: int) -> int:
+    return min(DEFAULT_CHUNK_SIZE, 1 << max(0, T - 1).bit_length())  # no padding past T
 
 
-def _run_reference(r, k, v, w, u, state, *, reverse):
-    return wkv6_reference(r, k, v, w, u, state, reverse=reverse)
+def _run_chunked(r, k, v, w, u, state, *, reverse, cu_seqlens=None):
+    T = r.shape[1] if cu_seqlens is None else int(cu_seqlens.diff().max())
+    return wkv6_chunked(r, k, v, w, u, state, reverse=reverse, chunk_size=_chunk_for(T), cu_seqlens=cu_seqlens)
+
+
+def _run_reference(r, k, v, w, u, state, *, reverse, cu_seqlens=None):
+    return wkv6_reference(r, k, v, w, u, state, reverse=reverse, cu_seqlens=cu_seqlens)
+
+
+def _run_triton_chunk(r, k, v, w, u, state, *, reverse, cu_seqlens=None):
+    return wkv6_triton_chunk(r, k, v, w, u, state, reverse=reverse, cu_seqlens=cu_seqlens)
+
+
+def _run_triton_recurrent(r, k, v, w, u, state, *, reverse, cu_seqlens=None):
+    return wkv6_triton_recurrent(r, k, v, w, u, state, reverse=reverse, cu_seqlens=cu_seqlens)
+
+
+def _triton_chunk_reasons(inputs: WKVInputs) -> list[str]:
+    reasons = triton_reasons(inputs)
+    if inputs.device.type == "cuda" and torch.cuda.get_device_capability(inputs.device) < (8, 0):
+        reasons.append("needs a GPU of compute capability 8.0 or newer (tf32 tl.dot)")
+    return reasons
+
+
+def _triton_recurrent_reasons(inputs: WKVInputs) -> list[str]:
+    reasons = triton_reasons(inputs)
+    if inputs.requires_grad:
+        reasons.append("forward only: inputs require grad")
+    return reasons
+
+
+def _triton_auto_reasons(inputs: WKVInputs) -> list[str]:
+    if inputs.device.type == "cpu":
+        return [f"CPU tensors run under {INTERPRET_ENV}=1 only when requested by name"]
+    return []
 
 
 DECODE_MAX_LEN = 2  # on a CPU the step loop beats the chunked form up to this many tokens
+TRITON_DECODE_MAX_LEN = 64  # on CUDA, tokens per sequence up to which the recurrent kernel is preferred
 
 
 def _prefer(inputs: WKVInputs) -> list[str]:
-    """Decode vs prefill: one or two tokens on a CPU go to the step-by-step reference."""
-    if inputs.seq_len <= DECODE_MAX_LEN and inputs.device.type == "cpu":
-        return ["reference"]
+    """Decode vs prefill: one or two tokens on a CPU go to the step-by-step reference; short
+    inputs without gradient on CUDA to the fused recurrent kernel."""
+    if inputs.device.type == "cpu":
+        return ["reference"] if inputs.seq_len <= DECODE_MAX_LEN else []
+    per_seq = inputs.seq_len if inputs.num_seqs is None else inputs.seq_len / max(inputs.num_seqs, 1)
+    if per_seq <= TRITON_DECODE_MAX_LEN and not inputs.requires_grad:
+        return ["triton_recurrent"]
     return []
 
 
@@ -80,6 +141,22 @@ wkv_dispatcher = Dispatcher(
     ENV_VAR,
     prefer=_prefer,
     backends=[
+        Backend(
+            "triton_chunk",
+            _run_triton_chunk,
+            unsupported_reasons=_triton_chunk_reasons,
+            probe=triton_probe,
+            description="Triton, 16-token chunks streamed with the state on chip; forward and backward",
+            auto_reasons=_triton_auto_reasons,
+        ),
+        Backend(
+            "triton_recurrent",
+            _run_triton_recurrent,
+            unsupported_reasons=_triton_recurrent_reasons,
+            probe=triton_probe,
+            description="Triton, token by token with the state in registers; forward only (decoding)",
+            auto_reasons=_triton_auto_reasons,
+        ),
         Backend(
             "chunked",
             _run_chunked,
@@ -98,7 +175,28 @@ def _shape_error(name: str, expected: str, x: Tensor) -> ValueError:
     return ValueError(f"{name} must have shape {expected}, got {tuple(x.shape)}")
 
 
-def _validate(r, k, v, w, u, state, *, static_w: bool) -> None:
+def _validate_cu_seqlens(cu_seqlens, r: Tensor) -> int:
+    """Check packed-sequence boundaries; returns the number of sequences N."""
+    if not isinstance(cu_seqlens, Tensor):
+        raise ValueError(f"cu_seqlens must be a torch.Tensor, got {type(cu_seqlens).__name__}")
+    if cu_seqlens.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"cu_seqlens must be int32 or int64, got dtype {cu_seqlens.dtype}")
+    if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2:
+        raise ValueError(f"cu_seqlens must be 1-D [N+1] with N >= 1, got shape {tuple(cu_seqlens.shape)}")
+    if cu_seqlens.device != r.device:
+        raise ValueError(f"cu_seqlens must be on {r.device} like r, got {cu_seqlens.device}")
+    B, T = r.shape[:2]
+    if B != 1:
+        raise ValueError(f"with cu_seqlens the sequences are packed along T and B must be 1, got B={B}")
+    bounds = cu_seqlens.tolist()
+    if bounds[0] != 0 or bounds[-1] != T:
+        raise ValueError(f"cu_seqlens must start at 0 and end at T={T}, got {bounds[0]} ... {bounds[-1]}")
+    if any(b < a for a, b in itertools.pairwise(bounds)):
+        raise ValueError(f"cu_seqlens must be non-decreasing, got {bounds}")
+    return len(bounds) - 1
+
+
+def _validate(r, k, v, w, u, state, *, static_w: bool, cu_seqlens=None) -> None:
     named = {"r": r, "k": k, "v": v, "w": w, "u": u}
     if state is not None:
         named["state"] = state
@@ -122,7 +220,11 @@ def _validate(r, k, v, w, u, state, *, static_w: bool) -> None:
         raise _shape_error("w", f"[B, T, H, K] = {tuple(r.shape)} like r (per-token log-decay)", w)
     if u.shape != (H, K):
         raise _shape_error("u", f"[H, K] = [{H}, {K}]", u)
-    if state is not None and state.shape != (B, H, K, V):
+    if cu_seqlens is not None:
+        N = _validate_cu_seqlens(cu_seqlens, r)
+        if state is not None and state.shape != (N, H, K, V):
+            raise _shape_error("state", f"[N, H, K, V] = [{N}, {H}, {K}, {V}] (one per packed sequence)", state)
+    elif state is not None and state.shape != (B, H, K, V):
         raise _shape_error("state", f"[B, H, K, V] = [{B}, {H}, {K}, {V}]", state)
     if not (r.dtype == k.dtype == v.dtype):
         raise ValueError(f"r, k and v must share a dtype, got {r.dtype}, {k.dtype}, {v.dtype}")
@@ -139,18 +241,19 @@ def _validate(r, k, v, w, u, state, *, static_w: bool) -> None:
             raise ValueError(f"w is the log of the decay and must be <= 0 everywhere; got max {w_max:.4g}")
 
 
-def _wkv(r, k, v, w, u, state, reverse, backend):
+def _wkv(r, k, v, w, u, state, reverse, backend, cu_seqlens):
     grad = torch.is_grad_enabled() and any(
         x is not None and x.requires_grad for x in (r, k, v, w, u, state)
     )
-    inputs = WKVInputs.from_tensors(r, v, state, reverse, grad)
+    inputs = WKVInputs.from_tensors(r, v, state, reverse, grad, cu_seqlens)
     if inputs.seq_len == 0:
         B, _, H, K = r.shape
+        N = B if cu_seqlens is None else inputs.num_seqs
         acc = accumulation_dtype(r.dtype)
-        final = state.to(acc) if state is not None else r.new_zeros(B, H, K, v.shape[-1], dtype=acc)
+        final = state.to(acc) if state is not None else r.new_zeros(N, H, K, v.shape[-1], dtype=acc)
         return v.new_empty(v.shape), final
     chosen = wkv_dispatcher.select(inputs, backend, device_key=f"{r.device.type}/{r.dtype}")
-    return chosen.run(r, k, v, w, u, state, reverse=reverse)
+    return chosen.run(r, k, v, w, u, state, reverse=reverse, cu_seqlens=cu_seqlens)
 
 
 def wkv6(
@@ -162,6 +265,7 @@ def wkv6(
     state: Tensor | None = None,
     *,
     reverse: bool = False,
+    cu_seqlens: Tensor | None = None,
     backend: str | None = None,
 ) -> tuple[Tensor, Tensor]:
     """RWKV-6 WKV: linear attention with a per-token, per-channel decay and a bonus ``u``.
@@ -177,19 +281,25 @@ def wkv6(
         w: Log-decay, ``<= 0`` (RWKV-6: ``-exp(time_decay + lora(x))``, ideally fp32).
         u: Bonus for the current token (``time_faaaa``).
         state: Initial state, or ``None`` for zeros.
-        reverse: Run time backwards.
-        backend: ``"chunked"`` or ``"reference"`` (or any registered backend); ``None``
-            picks automatically (see the module docstring).
+        reverse: Run time backwards (each packed sequence backwards on its own).
+        cu_seqlens: Packed variable-length sequences (FlashAttention convention): ``B = 1``
+            and the int32/int64 boundaries ``[0, T_1, T_1 + T_2, ..., T]``; the state resets
+            at every boundary and one final state per sequence is returned.
+        backend: ``"triton_chunk"``, ``"triton_recurrent"``, ``"chunked"`` or ``"reference"``
+            (or any registered backend); ``None`` picks automatically (see the module docstring).
 
     Shapes:
-        r, k, w: `[B, T, H, K]`; v: `[B, T, H, V]`; u: `[H, K]`; state: `[B, H, K, V]` fp32.
-        Returns ``(o, final_state)``: o `[B, T, H, V]` in the dtype of ``r``; the final state
-        `[B, H, K, V]` in fp32 (fp64 for fp64 inputs).
+        r, k, w: `[B, T, H, K]`; v: `[B, T, H, V]`; u: `[H, K]`; state: `[B, H, K, V]` fp32
+        (`[N, H, K, V]` with ``cu_seqlens`` `[N+1]`). Returns ``(o, final_state)``:
+        o `[B, T, H, V]` in the dtype of ``r``; the final state `[B, H, K, V]` (`[N, H, K, V]`)
+        in fp32 (fp64 for fp64 inputs).
 
-    Reference: ``wkv6_reference``. Backends: ``chunked``, ``reference``.
+    Reference: ``wkv6_reference``. Backends: ``triton_chunk``, ``triton_recurrent``,
+    ``chunked``, ``reference``.
 
     Raises:
-        ValueError: wrong rank or shape, mismatched dtypes or devices, or ``w > 0``.
+        ValueError: wrong rank or shape, mismatched dtypes or devices, ``w > 0``, or bad
+            ``cu_seqlens`` (not an int tensor on r's device, ``B != 1``, not from 0 to T, decreasing).
         BackendUnavailableError: the requested backend cannot run this input.
 
     Example:
@@ -202,8 +312,8 @@ def wkv6(
         >>> o.shape, state.shape
         (torch.Size([1, 5, 2, 16]), torch.Size([1, 2, 16, 16]))
     """
-    _validate(r, k, v, w, u, state, static_w=False)
-    return _wkv(r, k, v, w, u, state, reverse, backend)
+    _validate(r, k, v, w, u, state, static_w=False, cu_seqlens=cu_seqlens)
+    return _wkv(r, k, v, w, u, state, reverse, backend, cu_seqlens)
 
 
 def wkv5(
@@ -215,18 +325,20 @@ def wkv5(
     state: Tensor | None = None,
     *,
     reverse: bool = False,
+    cu_seqlens: Tensor | None = None,
     backend: str | None = None,
 ) -> tuple[Tensor, Tensor]:
     """RWKV-5 WKV: as ``wkv6`` but with one static log-decay per head and channel.
 
     Shapes:
         r, k: `[B, T, H, K]`; v: `[B, T, H, V]`; w: `[H, K]` (``-exp(time_decay)``, ``<= 0``);
-        u: `[H, K]`; state: `[B, H, K, V]` fp32. Returns as ``wkv6``.
+        u: `[H, K]`; state: `[B, H, K, V]` fp32 (`[N, H, K, V]` with ``cu_seqlens``).
+        Returns as ``wkv6``.
 
     The static decay is broadcast over batch and time as a view (no copy) and runs through
     the same backends as ``wkv6``; its gradient is summed over batch and time.
     """
-    _validate(r, k, v, w, u, state, static_w=True)
+    _validate(r, k, v, w, u, state, static_w=True, cu_seqlens=cu_seqlens)
     B, T, H, K = r.shape
     w_full = w.view(1, 1, H, K).expand(B, T, H, K)
-    return _wkv(r, k, v, w_full, u, state, reverse, backend)
+    return _wkv(r, k, v, w_full, u, state, reverse, backend, cu_seqlens)

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .reference import accumulation_dtype
+from .reference import accumulation_dtype, per_sequence
 
 __all__ = ["DEFAULT_CHUNK_SIZE", "wkv6_chunked"]
 
@@ -318,6 +318,7 @@ def wkv6_chunked(
     *,
     reverse: bool = False,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    cu_seqlens: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Chunked WKV with a linear-memory, hand-written backward (no argument checks).
 
@@ -327,8 +328,13 @@ def wkv6_chunked(
         r, k, w: `[B, T, H, K]` (``w`` may be a broadcast view); v: `[B, T, H, V]`;
         u: `[H, K]`; state: `[B, H, K, V]`. Returns o `[B, T, H, V]` in ``r.dtype`` and the
         final state `[B, H, K, V]` in fp32 (fp64 for fp64 inputs). ``chunk_size`` must be
-        a power of two.
+        a power of two. With ``cu_seqlens`` (`[N+1]`, ``B = 1``) the N packed sequences run
+        one after another, each from its own state: state and final state are `[N, H, K, V]`.
     """
     if chunk_size < 1 or chunk_size & (chunk_size - 1):
         raise ValueError(f"chunk_size must be a power of two, got {chunk_size}")
+    if cu_seqlens is not None:
+        return per_sequence(
+            wkv6_chunked, r, k, v, w, u, state, cu_seqlens, reverse=reverse, chunk_size=chunk_size
+        )
     return _WKVChunked.apply(r, k, v, w, u, state, reverse, chunk_size)
