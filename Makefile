@@ -18,7 +18,7 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m rwkvblocks.info
-	$(PY) benchmarks/wkv.py --quick
+	$(PY) -m assemblies.cli demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -1,9 +1,17 @@
-"""Whole models built from ``rwkvblocks``: builders, presets, checkpoint conversion, recipes, CLI.
+"""Whole models built from ``rwkvblocks``: the VisualRWKV family, presets, checkpoints, stages, CLI.
 
-So far: RWKV-5/6 language models (``build_rwkv_lm``) and BlinkDL checkpoints (``load_rwkv_lm``,
-``save_rwkv_lm``).
+- ``create_assembly(name, **overrides)`` / ``list_assemblies(pattern)``: presets of VisualRWKV,
+  VisualRWKV-Base and VisualRWKV-Hybrid (paper sizes and tiny ones); ``ABLATIONS`` lists the paper's
+  ablations as overrides.
+- ``save_pretrained`` / ``from_pretrained``: ``config.json`` + ``model.safetensors``;
+  ``load_upstream``: howard-hou/VisualRWKV ``.pth`` files.
+- ``build_rwkv_lm``, ``load_rwkv_lm``, ``save_rwkv_lm``: RWKV-5/6 language models and BlinkDL ``.pth``.
+- ``configure_stage``: the trainable parameters of each training stage.
 """
 
+from .ablations import ABLATIONS
+from .pretrained import from_pretrained, load_upstream, save_pretrained
+from .registry import create_assembly, get_assembly_config, list_assemblies, register_assembly
 from .rwkv_lm import (
     RWKVConfig,
     blinkdl_to_state_dict,
@@ -14,14 +22,32 @@ from .rwkv_lm import (
     save_rwkv_lm,
     state_dict_to_blinkdl,
 )
+from .stages import STAGES, configure_stage, set_trainable
+from .visualrwkv import EncoderConfig, VisualRWKV, VisualRWKVConfig, VisualRWKVOutput, build_visualrwkv
 
 __all__ = [
+    "ABLATIONS",
+    "EncoderConfig",
     "RWKVConfig",
+    "STAGES",
+    "VisualRWKV",
+    "VisualRWKVConfig",
+    "VisualRWKVOutput",
     "blinkdl_to_state_dict",
     "build_rwkv_lm",
+    "build_visualrwkv",
+    "configure_stage",
+    "create_assembly",
+    "from_pretrained",
+    "get_assembly_config",
     "infer_rwkv_config",
+    "list_assemblies",
     "load_rwkv_lm",
+    "load_upstream",
+    "register_assembly",
     "rwkv_config_of",
+    "save_pretrained",
     "save_rwkv_lm",
+    "set_trainable",
     "state_dict_to_blinkdl",
 ]

@@ -301,7 +301,8 @@ def _describe(c: RWKVConfig) -> str:
     return f"{c.num_layers} layers, C={c.dim}, {c.num_heads} heads of {c.head_dim}, FFN {c.ffn_dim}, V={c.vocab_size}{ranks}"
 
 
-def _read_checkpoint(path: Path) -> dict[str, Tensor]:
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Tensor]:
+    path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
@@ -318,6 +319,9 @@ def _read_checkpoint(path: Path) -> dict[str, Tensor]:
         ) from err
     if not isinstance(sd, Mapping):
         raise ValueError(f"{path} holds a {type(sd).__name__}, expected a dict of tensors")
+    others = sorted(f"{k} ({type(v).__name__})" for k, v in sd.items() if not isinstance(v, Tensor))
+    if others:
+        raise ValueError(f"{path} must hold only tensors; refusing entries: {', '.join(others[:10])}")
     return dict(sd)
 
 
@@ -347,7 +351,7 @@ def load_rwkv_lm(
             (every missing, unexpected and mis-shaped key is named).
     """
     path = Path(path)
-    sd = _read_checkpoint(path)
+    sd = read_checkpoint(path)
     config = infer_rwkv_config(sd)
     ours = blinkdl_to_state_dict(sd, config)
     dtype = dtype or sd["emb.weight"].dtype

@@ -47,6 +47,9 @@ class OpenCLIPEncoder(ImageEncoder):
         transform: Replaces open_clip's preprocessing (e.g. ``clip_transform()`` for upstream's exact
             Hugging Face crop rounding).
         frozen: Start frozen (see ``ImageEncoder``).
+        vision_overrides: Entries that replace those of the model's ``vision_cfg`` (``width``, ``layers``,
+            ``head_width``, ``patch_size``, ``image_size``, ``mlp_ratio``): a tower of another size with the
+            same architecture, e.g. the small towers of tests or a converted checkpoint's own shape.
         device: Device to build the tower on.
         dtype: Parameter dtype.
 
@@ -66,6 +69,7 @@ class OpenCLIPEncoder(ImageEncoder):
         quick_gelu: bool | None = None,
         transform: ImageTransform | None = None,
         frozen: bool = True,
+        vision_overrides: dict | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -79,7 +83,7 @@ class OpenCLIPEncoder(ImageEncoder):
         config = open_clip.get_model_config(model_name)
         if config is None:
             raise ValueError(f"unknown open_clip model {model_name!r} (see open_clip.list_models())")
-        vision_cfg = config["vision_cfg"]
+        vision_cfg = {**config["vision_cfg"], **(vision_overrides or {})}
         if vision_cfg.get("timm_model_name") or isinstance(vision_cfg.get("layers"), (list, tuple)):
             raise ValueError(
                 f"open_clip model {model_name!r} has a timm or ResNet image tower, not a VisionTransformer; "
@@ -99,6 +103,7 @@ class OpenCLIPEncoder(ImageEncoder):
             )
         self.model_name = model_name
         self.quick_gelu = quick_gelu
+        self.vision_overrides = dict(vision_overrides or {})
 
         with torch.device(device) if device is not None else contextlib.nullcontext():
             self.visual = _build_vision_tower(config["embed_dim"], vision_cfg, quick_gelu=quick_gelu)

@@ -1,0 +1,191 @@
+"""Named VisualRWKV presets, timm-style: ``create_assembly(name, **overrides)``, ``list_assemblies(pattern)``.
+
+Names carry the family, the language-model size and the encoder: ``visualrwkv_1b6_clipl336`` is the
+paper's VisualRWKV on RWKV-6 1.6B with CLIP ViT-L/14 at 336 px. Families (DESIGN.md §1):
+
+- ``visualrwkv_*``: RWKV-6 (x060), bidirectional scan, sandwich prompt, 576 patches then CLS, sample-level CE.
+- ``visualrwkv_base_*``: RWKV-5 (x052), unidirectional scan, image-first prompt, CLS first, batch-level CE.
+- ``visualrwkv_hybrid_*``: as Base, plus one TinyAttention layer after the FFN of the last block.
+
+``*_tiny`` presets have the same structure at toy size (a 2-layer RWKV of width 64 over the 257-id byte
+vocabulary, a 2-layer CLIP-style tower on 56 px images): for tests and ``make demo``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from .rwkv_lm import RWKVConfig, blinkdl_to_state_dict, infer_rwkv_config, read_checkpoint
+from .visualrwkv import EncoderConfig, VisualRWKV, VisualRWKVConfig, build_visualrwkv
+
+__all__ = ["create_assembly", "get_assembly_config", "list_assemblies", "register_assembly"]
+
+_PRESETS: dict[str, Callable[[], VisualRWKVConfig]] = {}
+
+
+def register_assembly(fn: Callable[[], VisualRWKVConfig]) -> Callable[[], VisualRWKVConfig]:
+    """Register a preset: a function without arguments, named like the preset, returning its config."""
+    if fn.__name__ in _PRESETS:
+        raise ValueError(f"assembly {fn.__name__!r} is already registered")
+    _PRESETS[fn.__name__] = fn
+    return fn
+
+
+def list_assemblies(pattern: str = "*") -> list[str]:
+    """Sorted preset names matching the shell-style ``pattern`` (e.g. ``"*tiny"``)."""
+    return sorted(n for n in _PRESETS if fnmatch.fnmatchcase(n, pattern))
+
+
+def get_assembly_config(name: str, **overrides: Any) -> VisualRWKVConfig:
+    """The configuration of preset ``name`` with ``overrides`` (see ``VisualRWKVConfig.replace``)."""
+    if name not in _PRESETS:
+        close = fnmatch.filter(_PRESETS, f"*{name.split('_')[-1]}*") if "_" in name else []
+        hint = f"; similar: {', '.join(sorted(close))}" if close else ""
+        raise ValueError(f"unknown assembly {name!r}{hint}; see list_assemblies()")
+    config = _PRESETS[name]()
+    return config.replace(**overrides) if overrides else config
+
+
+def create_assembly(
+    name: str,
+    *,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    init_lm: str | os.PathLike | None = None,
+    **overrides: Any,
+) -> VisualRWKV:
+    """Build preset ``name`` with ``overrides`` of any ``VisualRWKVConfig`` field.
+
+    Args:
+        name: A name from ``list_assemblies()``.
+        device, dtype: Where and in which dtype to build (``device="meta"`` builds no weights).
+        init_lm: A BlinkDL RWKV ``.pth`` to start the language model from (stage 1 of the recipe); its
+            shape-inferred configuration replaces the preset's ``lm``.
+        **overrides: e.g. ``scan="multi"``, ``prompt="image_last"``, ``encoder={"pool": 12}``,
+            ``lm={"version": "x052"}``, ``hybrid_layers=(23,)``, ``loss="batch"``.
+
+    Example:
+        >>> model = create_assembly("visualrwkv_tiny", scan="multi")
+        >>> model.config.scan, model.image_tokens
+        ('multi', 17)
+    """
+    lm_state = None
+    if init_lm is not None:
+        raw = read_checkpoint(os.fspath(init_lm))
+        lm_config = infer_rwkv_config(raw)
+        lm_state = blinkdl_to_state_dict(raw, lm_config)
+        overrides["lm"] = lm_config
+    config = get_assembly_config(name, **overrides)
+    model = build_visualrwkv(config, device=device, dtype=dtype)
+    if lm_state is not None:
+        target = model.lm.emb.weight
+        model.lm.load_state_dict({k: v.to(device=target.device, dtype=target.dtype) for k, v in lm_state.items()})
+    return model
+
+
+def _clip_l336(cls: str) -> EncoderConfig:
+    return EncoderConfig("open_clip", "ViT-L-14-336", cls=cls)
+
+
+def _tiny_clip(cls: str) -> EncoderConfig:
+    overrides = {"width": 64, "layers": 2, "head_width": 32, "patch_size": 14, "image_size": 56}
+    return EncoderConfig("open_clip", "ViT-L-14-336", cls=cls, options={"vision_overrides": overrides})
+
+
+_SIZES = {  # released RWKV World shapes: layers, width, (mix, decay) LoRA ranks
+    "1b6": (24, 2048, (32, 64)),
+    "3b": (32, 2560, (32, 64)),
+    "7b": (32, 4096, (64, 128)),
+}
+
+
+def _lm(version: str, size: str) -> RWKVConfig:
+    layers, dim, (mix, decay) = _SIZES[size]
+    return RWKVConfig(version, 65536, dim, layers, 64, None, mix, decay)
+
+
+def _tiny_lm(version: str) -> RWKVConfig:
+    return RWKVConfig(version, 257, 64, 2, 32, None, 8, 16)
+
+
+def _visualrwkv(lm: RWKVConfig, encoder: EncoderConfig) -> VisualRWKVConfig:
+    return VisualRWKVConfig(lm=lm, encoder=encoder, scan="bi", prompt="sandwich", loss="sample")
+
+
+def _base(lm: RWKVConfig, encoder: EncoderConfig) -> VisualRWKVConfig:
+    return VisualRWKVConfig(lm=lm, encoder=encoder, scan="uni", prompt="image_first", loss="batch")
+
+
+def _hybrid(lm: RWKVConfig, encoder: EncoderConfig) -> VisualRWKVConfig:
+    return _base(lm, encoder).replace(hybrid_layers=(lm.num_layers - 1,))
+
+
+@register_assembly
+def visualrwkv_1b6_clipl336() -> VisualRWKVConfig:
+    """VisualRWKV on RWKV-6 World 1.6B (paper: 1.9 B parameters in all)."""
+    return _visualrwkv(_lm("x060", "1b6"), _clip_l336("last"))
+
+
+@register_assembly
+def visualrwkv_3b_clipl336() -> VisualRWKVConfig:
+    """VisualRWKV on RWKV-6 World 3B (paper: 3.4 B)."""
+    return _visualrwkv(_lm("x060", "3b"), _clip_l336("last"))
+
+
+@register_assembly
+def visualrwkv_7b_clipl336() -> VisualRWKVConfig:
+    """VisualRWKV on RWKV-6 World 7B (paper: 7.9 B)."""
+    return _visualrwkv(_lm("x060", "7b"), _clip_l336("last"))
+
+
+@register_assembly
+def visualrwkv_base_1b6_clipl336() -> VisualRWKVConfig:
+    """VisualRWKV-Base on RWKV-5 World 1.5B (24 layers, width 2048)."""
+    return _base(_lm("x052", "1b6"), _clip_l336("first"))
+
+
+@register_assembly
+def visualrwkv_base_3b_clipl336() -> VisualRWKVConfig:
+    """VisualRWKV-Base on RWKV-5 World 3B."""
+    return _base(_lm("x052", "3b"), _clip_l336("first"))
+
+
+@register_assembly
+def visualrwkv_base_7b_clipl336() -> VisualRWKVConfig:
+    """VisualRWKV-Base on RWKV-5 World 7B."""
+    return _base(_lm("x052", "7b"), _clip_l336("first"))
+
+
+@register_assembly
+def visualrwkv_hybrid_1b6_clipl336() -> VisualRWKVConfig:
+    """VisualRWKV-Hybrid: Base 1.5B plus TinyAttention (width 2048, 32 heads) after the last block."""
+    return _hybrid(_lm("x052", "1b6"), _clip_l336("first"))
+
+
+@register_assembly
+def visualrwkv_hybrid_7b_clipl336() -> VisualRWKVConfig:
+    """VisualRWKV-Hybrid: Base 7B plus TinyAttention (width 4096, 64 heads) after block 31 of 32."""
+    return _hybrid(_lm("x052", "7b"), _clip_l336("first"))
+
+
+@register_assembly
+def visualrwkv_tiny() -> VisualRWKVConfig:
+    """Toy VisualRWKV (RWKV-6, bi scan, sandwich prompt, CLS last) for tests and the demo."""
+    return _visualrwkv(_tiny_lm("x060"), _tiny_clip("last")).replace(context_length=256)
+
+
+@register_assembly
+def visualrwkv_base_tiny() -> VisualRWKVConfig:
+    """Toy VisualRWKV-Base (RWKV-5, uni scan, image-first prompt, CLS first)."""
+    return _base(_tiny_lm("x052"), _tiny_clip("first")).replace(context_length=256)
+
+
+@register_assembly
+def visualrwkv_hybrid_tiny() -> VisualRWKVConfig:
+    """Toy VisualRWKV-Hybrid (toy Base plus TinyAttention after the last block)."""
+    return _hybrid(_tiny_lm("x052"), _tiny_clip("first")).replace(context_length=256, hybrid_head_dim=32)
