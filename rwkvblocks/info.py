@@ -1,6 +1,6 @@
 """``python -m rwkvblocks.info``: versions, devices, and every op x backend with its status.
 
-For each op and backend it prints whether the backend is available on this machine and, for a
+For each op (WKV, causal attention) and backend it prints whether the backend is available on this machine and, for a
 few representative inputs, whether it accepts them (or the reasons it does not), plus the
 backend that automatic selection picks.
 """
@@ -62,7 +62,28 @@ def report() -> str:
         for label, inputs in samples.items():
             lines.append(f"  auto -> {wkv_dispatcher.select(inputs).name:<10} for {label}")
         lines.append("")
+    lines += _attention_report()
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _attention_report() -> list[str]:
+    from .ops.attention import AttentionInputs, attention_dispatcher
+
+    lines = [f"op causal_attention  (environment variable {attention_dispatcher.env_var})"]
+    devices = [torch.device("cpu")] + ([torch.device("cuda", torch.cuda.current_device())] if torch.cuda.is_available() else [])
+    samples = {f"{d.type} bf16 B=8 H=32 T=2048 D=64": AttentionInputs(8, 32, 2048, 2048, 64, torch.bfloat16, d) for d in devices}
+    for b in attention_dispatcher.backends:
+        status = b.availability()
+        lines.append(f"  {b.name:<12} {'available' if status is None else 'UNAVAILABLE: ' + status}")
+        if b.description:
+            lines.append(f"  {'':<12} {b.description}")
+        if status is None:
+            for label, inputs in samples.items():
+                reasons = b.reasons(inputs)
+                lines.append(f"  {'':<12}   {label}: {'accepts' if not reasons else 'refuses: ' + '; '.join(reasons)}")
+    for label, inputs in samples.items():
+        lines.append(f"  auto -> {attention_dispatcher.select(inputs).name:<10} for {label}")
+    return lines
 
 
 def main() -> None:

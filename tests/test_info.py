@@ -17,3 +17,11 @@ def test_info_lists_every_op_and_backend():
     for b in wkv_dispatcher.backends:
         assert f"  {b.name} " in out
     assert "auto -> chunked" in out and "auto -> reference" in out
+
+
+def test_info_lists_the_attention_op():
+    out = subprocess.run(
+        [sys.executable, "-m", "rwkvblocks.info"], capture_output=True, text=True, check=True
+    ).stdout
+    assert "op causal_attention" in out and "  torch " in out and "  xformers " in out
+    assert "auto -> torch" in out
