@@ -26,7 +26,7 @@ from torch import Tensor
 
 from rwkvblocks.vision import OpenCLIPEncoder, TimmEncoder, hf_clip_vision_to_open_clip
 
-from .rwkv_lm import blinkdl_to_state_dict, infer_rwkv_config, read_checkpoint
+from .rwkv_lm import blinkdl_to_state_dict, infer_rwkv_config, raise_key_problems, read_checkpoint
 from .visualrwkv import EncoderConfig, VisualRWKV, VisualRWKVConfig, build_visualrwkv
 
 __all__ = ["from_pretrained", "load_upstream", "save_pretrained"]
@@ -107,12 +107,7 @@ def _assign(model: VisualRWKV, state: Mapping[str, Tensor], device, dtype, *, en
         for k in wanted & set(state)
         if tuple(state[k].shape) != tuple(expected[k].shape)
     )
-    if missing or unexpected or misshaped:
-        lines = [f"{source} does not match the model it describes:"]
-        for title, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)):
-            if items:
-                lines.append(f"  {title} ({len(items)}): " + ", ".join(items))
-        raise ValueError("\n".join(lines))
+    raise_key_problems(f"{source} does not match the model it describes", missing, unexpected, misshaped)
     converted = {
         k: v.to(device=device, dtype=dtype if v.is_floating_point() and dtype is not None else v.dtype)
         for k, v in state.items()

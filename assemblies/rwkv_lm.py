@@ -260,18 +260,26 @@ def blinkdl_to_state_dict(state_dict: Mapping[str, Tensor], config: RWKVConfig) 
         for k, s in expected.items()
         if k in state_dict and (not isinstance(state_dict[k], Tensor) or tuple(state_dict[k].shape) != s)
     )
-    if missing or unexpected or misshaped:
-        lines = [f"checkpoint does not match an RWKV {config.version} model ({_describe(config)}):"]
-        for title, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)):
-            if items:
-                lines.append(f"  {title} ({len(items)}): " + ", ".join(items))
-        raise ValueError("\n".join(lines))
+    raise_key_problems(
+        f"checkpoint does not match an RWKV {config.version} model ({_describe(config)})", missing, unexpected, misshaped
+    )
     out = {}
     for entry in layout:
         parts = [state_dict[k] for k in entry.theirs]
         t = torch.cat([p.reshape(1, -1) for p in parts]) if len(parts) > 1 else parts[0]
         out[_our_key(entry.ours)] = t.reshape(entry.our_shape)
     return out
+
+
+def raise_key_problems(what: str, missing: list[str], unexpected: list[str], misshaped: list[str]) -> None:
+    """One ``ValueError`` naming every missing, unexpected and mis-shaped key (nothing when all fit)."""
+    if not (missing or unexpected or misshaped):
+        return
+    lines = [f"{what}:"]
+    for title, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)):
+        if items:
+            lines.append(f"  {title} ({len(items)}): " + ", ".join(items))
+    raise ValueError("\n".join(lines))
 
 
 def state_dict_to_blinkdl(state_dict: Mapping[str, Tensor], config: RWKVConfig) -> dict[str, Tensor]:

@@ -8,6 +8,7 @@ import torch
 from assemblies import RWKVConfig, build_rwkv_lm, load_rwkv_lm
 from rwkvblocks import RWKVState
 from tests.blinkdl import blinkdl_state_dict
+from tests.helpers import spread_weights_
 
 V = 97
 
@@ -15,14 +16,7 @@ V = 97
 def _model(version, dtype=torch.float64, seed=0, **kw):
     torch.manual_seed(seed)
     cfg = RWKVConfig(version, vocab_size=V, dim=64, num_layers=3, head_dim=16, mix_rank=4, decay_rank=8, **kw)
-    model = build_rwkv_lm(cfg, dtype=dtype)
-    with torch.no_grad():  # move off the init's zeros so that every path carries signal
-        for name, p in model.named_parameters():
-            if p.dim() == 2 and "lora" not in name:
-                p.normal_(0, p.shape[1] ** -0.5)
-            elif "lora" in name:
-                p.uniform_(-0.2, 0.2)
-    return model.eval()
+    return spread_weights_(build_rwkv_lm(cfg, dtype=dtype)).eval()
 
 
 def _tokens(b, t, seed=1):

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from assemblies import RWKVConfig, build_rwkv_lm
 from rwkvblocks import ChannelMix, RWKVBlock, ScanPermuter, Scanned, TimeMix
 from rwkvblocks.scan import DIRECTIONS
+from tests.helpers import spread_weights_
 
 
 def expected_order(direction: str, h: int, w: int) -> list[int]:
@@ -109,11 +110,7 @@ C, V, L = 64, 50, 4
 def model():
     torch.manual_seed(0)
     m = build_rwkv_lm(RWKVConfig("x060", V, C, L, 16, None, 4, 8), dtype=torch.float64)
-    with torch.no_grad():
-        for name, p in m.named_parameters():
-            if p.dim() == 2 and "lora" not in name:
-                p.normal_(0, p.shape[1] ** -0.5)
-    return m.eval()
+    return spread_weights_(m, lora=0).eval()
 
 
 def _sequence(model, seed=0):

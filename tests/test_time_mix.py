@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from rwkvblocks import ChannelMix, RWKVBlock, TimeMix, ffn_dim
+from tests.helpers import spread_weights_
 
 C, HEAD = 64, 16
 LAYER, LAYERS = 1, 3
@@ -78,14 +79,7 @@ def _random_block(version, dtype=torch.float64, seed=0):
     torch.manual_seed(seed)
     att = getattr(TimeMix, version)(C, head_dim=HEAD, dtype=dtype)
     ffn = getattr(ChannelMix, version)(C, dtype=dtype)
-    block = RWKVBlock(att, ffn, dim=C, dtype=dtype)
-    with torch.no_grad():  # leave the init's zeros (output, ffn value) for real values
-        for name, p in block.named_parameters():
-            if p.dim() == 2 and "lora" not in name:
-                p.normal_(0, p.shape[1] ** -0.5)
-            elif "lora" in name:
-                p.uniform_(-0.2, 0.2)
-    return block
+    return spread_weights_(RWKVBlock(att, ffn, dim=C, dtype=dtype))
 
 
 @pytest.mark.parametrize("version", ["rwkv5", "rwkv6"])

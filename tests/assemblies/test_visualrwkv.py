@@ -19,6 +19,7 @@ from assemblies import (
     save_pretrained,
 )
 from tests.assemblies.upstream import upstream_state_dict
+from tests.helpers import spread_weights_
 
 FAMILIES = ["visualrwkv_tiny", "visualrwkv_base_tiny", "visualrwkv_hybrid_tiny"]
 N = 17  # image tokens of the tiny encoder: 4 x 4 patches + CLS
@@ -83,10 +84,7 @@ def test_every_ablation_is_one_call(table, knob, variant, preset, overrides):
 def _model(name, seed=0):
     torch.manual_seed(seed)
     model = create_assembly(name, dtype=torch.float64)
-    with torch.no_grad():  # move off the init's zeros so every path carries signal
-        for pname, p in model.lm.named_parameters():
-            if p.dim() == 2 and "lora" not in pname:
-                p.normal_(0, p.shape[1] ** -0.5)
+    spread_weights_(model.lm, lora=0)
     return model.eval()
 
 
