@@ -1,6 +1,7 @@
 """The ``rwkvblocks`` command.
 
     rwkvblocks convert SRC DST [--dtype bf16] [--no-encoder-weights]   upstream .pth -> safetensors dir
+    rwkvblocks train --preset NAME --stage alignment --data JSON --images DIR --out DIR [--init-lm PTH]
     rwkvblocks list [PATTERN]                                           presets and their knobs
     rwkvblocks info                                                     ops x backends on this machine
     rwkvblocks demo [--steps N] [--out DIR]                             the end-to-end demo (make demo)
@@ -9,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 
@@ -33,6 +35,56 @@ def _convert(args: argparse.Namespace) -> int:
     )
     out = save_pretrained(model, args.dst, encoder_weights=not args.no_encoder_weights)
     print(f"wrote {out}/config.json and {out}/model.safetensors in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from torch.utils.data import DataLoader
+
+    from rwkvblocks.prompting import ByteTokenizer, LLaVACollator, LLaVADataset, SkipReport, WorldTokenizer, prompt_builder
+
+    from .pretrained import from_pretrained, save_pretrained
+    from .registry import create_assembly
+    from .train import recipe, train
+
+    device = torch.device(args.device)
+    dtype = DTYPES[args.dtype] if args.dtype else None
+    if args.init:
+        model = from_pretrained(args.init, device=device, dtype=dtype)
+    else:
+        model = create_assembly(args.preset, init_lm=args.init_lm, device=device, dtype=dtype)
+    changes = {k: v for k, v in (
+        ("batch_size", args.batch_size), ("micro_batch_size", args.micro_batch_size), ("epochs", args.epochs),
+        ("context_length", args.context_length), ("lr_init", args.lr_init), ("lr_final", args.lr_final),
+    ) if v is not None}  # fmt: skip
+    prompt = "image_first" if args.stage == "alignment" else model.config.prompt
+    plan = recipe(args.stage, args.size, prompt=prompt, **changes)
+    tokenizer = ByteTokenizer() if args.tokenizer == "byte" else WorldTokenizer()
+    if tokenizer.vocab_size > model.lm.vocab_size:
+        raise ValueError(f"the {args.tokenizer} tokenizer has {tokenizer.vocab_size} ids, the model {model.lm.vocab_size}")
+    dataset = LLaVADataset(
+        args.data, args.images, prompt_builder(plan.prompt, tokenizer),
+        image_transform=model.encoder.transform.per_image, on_bad_sample=args.on_bad_sample,
+    )  # fmt: skip
+    loader = DataLoader(
+        dataset, batch_size=plan.micro_batch_size, shuffle=True, num_workers=args.workers,
+        collate_fn=LLaVACollator(model.image_tokens, plan.context_length),
+    )  # fmt: skip
+    report = SkipReport()
+
+    class _Epochs:  # every pass over the loader is an epoch of the skip report
+        def __iter__(self):
+            return report.epoch(loader)
+
+    print(f"{args.stage}: {len(dataset)} samples, {plan}", flush=True)
+    losses = train(model, _Epochs(), plan, steps=args.steps, micro_batches_per_epoch=len(loader))
+    out = save_pretrained(model, args.out)
+    log = {"stage": args.stage, "recipe": dataclasses.asdict(plan), "losses": losses, "skipped": report.summary()}
+    (Path(out) / f"train_{args.stage}.json").write_text(json.dumps(log, indent=2))
+    print(f"loss {losses[0]:.4f} -> {losses[-1]:.4f}; {report.summary()}; saved to {out}")
     return 0
 
 
@@ -75,6 +127,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", choices=sorted(DTYPES), help="parameter dtype (default: the checkpoint's)")
     p.add_argument("--no-encoder-weights", action="store_true", help="leave the frozen encoder's weights out")
     p.set_defaults(run=_convert)
+    p = sub.add_parser("train", help="run one stage of the paper's recipe on LLaVA-format data")
+    p.add_argument("--preset", default="visualrwkv_1b6_clipl336", help="assembly to build (ignored with --init)")
+    p.add_argument("--init", help="continue from a save_pretrained directory (stage 2 after stage 1)")
+    p.add_argument("--init-lm", help="BlinkDL RWKV .pth to start the language model from (stage 1)")
+    p.add_argument("--stage", choices=["alignment", "instruction"], required=True)
+    p.add_argument("--size", default="1b6", choices=["1b6", "3b", "7b"], help="selects the stage-2 learning rates")
+    p.add_argument("--data", required=True, help="LLaVA-1.5 JSON file")
+    p.add_argument("--images", help="image root folder")
+    p.add_argument("--out", required=True, help="output directory (save_pretrained + train_<stage>.json)")
+    p.add_argument("--tokenizer", choices=["world", "byte"], default="world")
+    p.add_argument("--steps", type=int, help="optimiser steps (default: the recipe's epochs)")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--micro-batch-size", type=int)
+    p.add_argument("--epochs", type=float)
+    p.add_argument("--context-length", type=int)
+    p.add_argument("--lr-init", type=float)
+    p.add_argument("--lr-final", type=float)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", choices=sorted(DTYPES), help="parameter dtype (default fp32)")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    p.add_argument("--on-bad-sample", choices=["raise", "skip"], default="raise")
+    p.set_defaults(run=_train)
     p = sub.add_parser("list", help="list the presets")
     p.add_argument("pattern", nargs="?", default="*")
     p.set_defaults(run=_list)

@@ -55,34 +55,6 @@ def write_dataset(root: Path, n: int, seed: int) -> tuple[Path, Path, list[tuple
     return root / "align.json", root / "instruct.json", pairs
 
 
-def _train(model, loader, steps: int, lr: float, label: str) -> list[float]:
-    from tqdm import tqdm
-
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps, eta_min=lr / 100)
-    model.train()
-    losses: list[float] = []
-    batches = iter(())
-    with tqdm(total=steps, desc=label, unit="step", leave=True) as bar:
-        while len(losses) < steps:
-            batch = next(batches, None)
-            if batch is None:
-                batches = iter(loader)
-                continue
-            loss = model.forward_batch(batch).loss
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            sched.step()
-            losses.append(loss.item())
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-            bar.update()
-    model.eval()
-    return losses
-
-
 def _warm_up_language_model(model, tokenizer, steps: int, seed: int) -> list[float]:
     """Text-only next-token training of the LM on the chat format (a stand-in for pretraining)."""
     from rwkvblocks import SampleLevelCE
@@ -131,7 +103,7 @@ def run_demo(steps: int = 200, out: str | None = None, seed: int = 0) -> int:
 
     from .pretrained import from_pretrained, save_pretrained
     from .registry import create_assembly
-    from .stages import configure_stage
+    from .train import TrainRecipe, train
 
     torch.manual_seed(seed)
     t_start = time.perf_counter()
@@ -163,10 +135,9 @@ def run_demo(steps: int = 200, out: str | None = None, seed: int = 0) -> int:
             dataset = LLaVADataset(data, root / "data" / "images", prompt_builder(prompt, tokenizer), image_transform=transform.per_image)
             train_items = torch.utils.data.Subset(dataset, range(len(pairs) - len(held_out)))
             loader = torch.utils.data.DataLoader(train_items, batch_size=16, shuffle=True, collate_fn=collate)
-            configure_stage(model, stage)
-            trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-            print(f"stage {stage}: {prompt} prompt, {trainable / 1e6:.3f} M trainable parameters")
-            results[f"stage {stage}"] = _train(model, loader, steps, lr, f"stage {stage}")
+            plan = TrainRecipe(stage, prompt, cfg.context_length, lr, lr / 100, batch_size=16, micro_batch_size=16)
+            print(f"stage {stage}: {prompt} prompt, AdamW {lr:g} -> {lr / 100:g} cosine, batch 16")
+            results[f"stage {stage}"] = train(model, loader, plan, steps=steps)
 
         save_dir = save_pretrained(model, root / "checkpoint")
         reloaded = from_pretrained(save_dir)
@@ -181,7 +152,7 @@ def run_demo(steps: int = 200, out: str | None = None, seed: int = 0) -> int:
             print(f"| {phase} | {losses[0]:.3f} | {sum(losses[-10:]) / len(losses[-10:]):.3f} |")
         print(f"\nheld-out answers (greedy, token by token): {correct}/{len(held_out)} correct colours "
               f"(chance {len(held_out) // len(COLOURS)}); e.g. " + ", ".join(f"{c}->{a!r}" for a, (_, c) in list(zip(answers, held_out))[:4]))
-        print(f"save_pretrained -> from_pretrained: {'same answers' if again == answers else 'DIFFERENT answers'}; "
-              f"checkpoint {save_dir}")
+        where = f"checkpoint {save_dir}" if out else "checkpoint in a temporary directory (--out DIR keeps it)"
+        print(f"save_pretrained -> from_pretrained: {'same answers' if again == answers else 'DIFFERENT answers'}; {where}")
         print(f"total {time.perf_counter() - t_start:.0f} s")
         return 0 if again == answers else 1
