@@ -276,3 +276,19 @@ def test_readme_lists_every_ablation_call():
     for _, _, _, preset, overrides in ABLATIONS:
         args = "".join(f", {k}={v!r}" for k, v in overrides.items())
         assert f'`create_assembly("{preset}"{args})`' in readme, (preset, overrides)
+
+
+def test_image_features_land_at_their_spans_including_cut_images():
+    model = _model("visualrwkv_tiny")
+    ids, _, images, spans = _batch()
+    cut = spans.clone()
+    cut[2, 2:] = torch.tensor([3, 9])  # image 2 keeps its tokens 3..11 only
+    with torch.no_grad():
+        embeds, _ = model.embed(ids, images, cut)
+        feats = model.encode_images(images)
+        text = model.lm.embed(ids)
+    mask = torch.ones(ids.shape, dtype=torch.bool)
+    for i, (b, start, first, length) in enumerate(cut.tolist()):
+        torch.testing.assert_close(embeds[b, start : start + length], feats[i, first : first + length])
+        mask[b, start : start + length] = False
+    torch.testing.assert_close(embeds[mask], text[mask])
