@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -27,6 +26,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks._machine import cpu_name  # noqa: E402
 from assemblies import RWKVConfig, build_rwkv_lm, load_rwkv_lm, save_rwkv_lm  # noqa: E402
 
 
@@ -148,15 +148,7 @@ def run(cfg: RWKVConfig, T: int, decode_tokens: int, repeats: int, with_referenc
 
 
 def _machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {torch.get_num_threads()} threads"
+    return f"{cpu_name()}, {torch.get_num_threads()} threads"
 
 
 def main(argv=None) -> dict:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import random
 import statistics
 import sys
@@ -22,6 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks._machine import cpu_name  # noqa: E402
 from rwkvblocks.prompting import WorldTokenizer  # noqa: E402
 
 EMOJI = ["😀", "👍🏽", "👨‍👩‍👧", "🇯🇵", "❤️", " ", "  ", "\t", "\n", "\n\n", "\r\n", "\u3000"]
@@ -83,13 +83,7 @@ def time_encoders(encoders: dict, inputs: list[str], repeats: int) -> tuple[dict
 
 
 def _machine() -> str:
-    name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{name}, {os.cpu_count()} cores"
+    return f"{cpu_name()}, {os.cpu_count()} cores"
 
 
 def main(argv=None) -> None:

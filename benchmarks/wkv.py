@@ -27,7 +27,6 @@ import functools
 import inspect
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -38,6 +37,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks._machine import cpu_name  # noqa: E402
 from rwkvblocks.ops import wkv6, wkv_dispatcher  # noqa: E402
 
 
@@ -168,13 +168,8 @@ def memory_table(backends, dtype_name: str, lengths) -> list[str]:
 def _machine(device: str) -> str:
     if device.startswith("cuda"):
         return torch.cuda.get_device_name()
-    name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{name}, {torch.get_num_threads()} threads"
+    return f"{cpu_name()}, {torch.get_num_threads()} threads"
+
 
 GPU_SHAPES = [
     Shape("VisualRWKV-1.6B train: B=8 T=2048 H=32 K=64", 8, 2048, 32, 64),
