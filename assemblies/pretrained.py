@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from torch import Tensor
 
 from rwkvblocks.vision import OpenCLIPEncoder, TimmEncoder, hf_clip_vision_to_open_clip
 
+from ._io import atomic_file
 from .rwkv_lm import blinkdl_to_state_dict, infer_rwkv_config, raise_key_problems, read_checkpoint
 from .visualrwkv import EncoderConfig, VisualRWKV, VisualRWKVConfig, build_visualrwkv
 
@@ -36,19 +36,6 @@ logger = logging.getLogger("assemblies")
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 FORMAT = "rwkvblocks.visualrwkv/1"
-
-
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_pretrained(model: VisualRWKV, directory: str | os.PathLike, *, encoder_weights: bool = True) -> Path:
@@ -79,8 +66,10 @@ def save_pretrained(model: VisualRWKV, directory: str | os.PathLike, *, encoder_
         seen[ident] = key
         tensors[key] = t.detach().to("cpu").contiguous()
     metadata = {"format": FORMAT, "aliases": json.dumps(aliases), "encoder_weights": str(encoder_weights).lower()}
-    _atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata=metadata))
-    _atomic_write(directory / CONFIG_NAME, lambda tmp: Path(tmp).write_text(model.config.to_json() + "\n"))
+    with atomic_file(directory / WEIGHTS_NAME) as f:
+        save_file(tensors, f.name, metadata=metadata)
+    with atomic_file(directory / CONFIG_NAME) as f:
+        f.write((model.config.to_json() + "\n").encode())
     return directory
 
 

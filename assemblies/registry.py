@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from .rwkv_lm import RWKVConfig, blinkdl_to_state_dict, infer_rwkv_config, read_checkpoint
+from .rwkv_lm import RWKVConfig, read_blinkdl
 from .visualrwkv import EncoderConfig, VisualRWKV, VisualRWKVConfig, build_visualrwkv
 
 __all__ = ["create_assembly", "get_assembly_config", "list_assemblies", "register_assembly"]
@@ -76,10 +76,7 @@ def create_assembly(
     """
     lm_state = None
     if init_lm is not None:
-        raw = read_checkpoint(os.fspath(init_lm))
-        lm_config = infer_rwkv_config(raw)
-        lm_state = blinkdl_to_state_dict(raw, lm_config)
-        overrides["lm"] = lm_config
+        overrides["lm"], lm_state = read_blinkdl(init_lm)
     config = get_assembly_config(name, **overrides)
     model = build_visualrwkv(config, device=device, dtype=dtype)
     if lm_state is not None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,8 @@ from rwkvblocks import (
     ffn_dim,
 )
 from rwkvblocks.block import LAYER_NORM_EPS
+
+from ._io import atomic_file
 
 __all__ = [
     "RWKVConfig",
@@ -333,6 +334,13 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Tensor]:
     return dict(sd)
 
 
+def read_blinkdl(path: str | os.PathLike) -> tuple[RWKVConfig, dict[str, Tensor]]:
+    """A BlinkDL ``.pth`` as its inferred ``RWKVConfig`` and a state dict in our key names."""
+    sd = read_checkpoint(path)
+    config = infer_rwkv_config(sd)
+    return config, blinkdl_to_state_dict(sd, config)
+
+
 def load_rwkv_lm(
     path: str | os.PathLike,
     *,
@@ -358,11 +366,8 @@ def load_rwkv_lm(
         ValueError: the file is not a tensor dict, or its keys/shapes do not form an RWKV model
             (every missing, unexpected and mis-shaped key is named).
     """
-    path = Path(path)
-    sd = read_checkpoint(path)
-    config = infer_rwkv_config(sd)
-    ours = blinkdl_to_state_dict(sd, config)
-    dtype = dtype or sd["emb.weight"].dtype
+    config, ours = read_blinkdl(path)
+    dtype = dtype or ours["emb.weight"].dtype
     with torch.device("meta"):
         model = build_rwkv_lm(config, dtype=dtype)
     target = torch.device(device) if device is not None else torch.device("cpu")
@@ -382,14 +387,5 @@ def save_rwkv_lm(model: RWKVLanguageModel, path: str | os.PathLike, *, dtype: to
     config = rwkv_config_of(model)
     theirs = state_dict_to_blinkdl(model.state_dict(), config)
     theirs = {k: v.detach().to(device="cpu", dtype=dtype or v.dtype).contiguous() for k, v in theirs.items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(theirs, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as f:
+        torch.save(theirs, f)

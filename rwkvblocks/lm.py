@@ -165,11 +165,8 @@ class RWKVLanguageModel(nn.Module):
             raise ValueError(f"state has {state.num_layers} layers, the model {len(self.blocks)}")
         if state.batch_size != batch_size:
             raise ValueError(f"state has batch size {state.batch_size}, the input {batch_size}")
-        expected = self.initial_state(1, device="meta").layers[0]
-        got = state.layers[0]
-        for name, want, have in zip(LayerState._fields[:3], expected, got):
-            if have.shape[1:] != want.shape[1:]:
-                raise ValueError(
-                    f"state.{name} must have shape [B, {', '.join(map(str, want.shape[1:]))}], "
-                    f"got {tuple(have.shape)}"
-                )
+        att = self.blocks[0].att
+        C, H, K = self.dim, att.num_heads, att.head_dim
+        for name, want, have in zip(LayerState._fields[:3], ((C,), (H, K, K), (C,)), state.layers[0]):
+            if tuple(have.shape[1:]) != want:
+                raise ValueError(f"state.{name} must have shape [B, {', '.join(map(str, want))}], got {tuple(have.shape)}")

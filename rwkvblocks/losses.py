@@ -114,9 +114,13 @@ def cross_entropy_per_token(
         positions (ignored positions get weight 0 whatever is passed). Returns a scalar fp32 tensor (fp64 for fp64 logits).
     """
     targets, valid = _targets(logits, labels, ignore_index)
-    B, T, _ = logits.shape
     if weights.shape != targets.shape:
         raise ValueError(f"weights must be [B, T-1] = {list(targets.shape)}, got {list(weights.shape)}")
+    return _weighted_ce(logits, targets, valid, weights, l2wrap)
+
+
+def _weighted_ce(logits: Tensor, targets: Tensor, valid: Tensor, weights: Tensor, l2wrap: bool) -> Tensor:
+    B, T, _ = logits.shape
     w = (weights * valid).to(_accumulation(logits.dtype))
     factor = L2WRAP_FACTOR / (B * (T - 1)) if l2wrap and T > 1 else 0.0
     return _WeightedCE.apply(logits, targets.clamp_min(0), w, factor)
@@ -145,10 +149,9 @@ class SampleLevelCE(nn.Module):
         self.ignore_index, self.l2wrap = ignore_index, l2wrap
 
     def forward(self, logits: Tensor, labels: Tensor) -> Tensor:
-        _, valid = _targets(logits, labels, self.ignore_index)
+        targets, valid = _targets(logits, labels, self.ignore_index)
         per_sample = valid.sum(1, keepdim=True).clamp_min(1)
-        weights = valid / (per_sample * valid.shape[0])
-        return cross_entropy_per_token(logits, labels, weights, ignore_index=self.ignore_index, l2wrap=self.l2wrap)
+        return _weighted_ce(logits, targets, valid, valid / (per_sample * valid.shape[0]), self.l2wrap)
 
 
 class BatchLevelCE(nn.Module):
@@ -163,6 +166,5 @@ class BatchLevelCE(nn.Module):
         self.ignore_index, self.l2wrap = ignore_index, l2wrap
 
     def forward(self, logits: Tensor, labels: Tensor) -> Tensor:
-        _, valid = _targets(logits, labels, self.ignore_index)
-        weights = valid / valid.sum().clamp_min(1)
-        return cross_entropy_per_token(logits, labels, weights, ignore_index=self.ignore_index, l2wrap=self.l2wrap)
+        targets, valid = _targets(logits, labels, self.ignore_index)
+        return _weighted_ce(logits, targets, valid, valid / valid.sum().clamp_min(1), self.l2wrap)
