@@ -2,7 +2,7 @@
 
     rwkvblocks convert SRC DST [--dtype bf16] [--no-encoder-weights]   upstream .pth -> safetensors dir
     rwkvblocks train --preset NAME --stage alignment --data JSON --images DIR --out DIR [--init-lm PTH]
-    rwkvblocks list [PATTERN]                                           presets and their knobs
+    rwkvblocks list [PATTERN] [--params]                                presets, knobs, parameter counts
     rwkvblocks info                                                     ops x backends on this machine
     rwkvblocks demo [--steps N] [--out DIR]                             the end-to-end demo (make demo)
 """
@@ -89,19 +89,25 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from .registry import get_assembly_config, list_assemblies
+    from .registry import create_assembly, get_assembly_config, list_assemblies
 
     names = list_assemblies(args.pattern)
     if not names:
         print(f"no preset matches {args.pattern!r}", file=sys.stderr)
         return 1
-    print(f"{'preset':<34} {'lm':<18} {'scan':<6} {'prompt':<12} {'encoder':<14} {'cls':<5} hybrid  loss")
+    extra = f" {'params (B)':>10} {'LM (B)':>8}" if args.params else ""
+    print(f"{'preset':<34} {'lm':<18} {'scan':<6} {'prompt':<12} {'encoder':<14} {'cls':<5} hybrid  loss {extra}")
     for name in names:
         c = get_assembly_config(name)
         lm = f"{c.lm.version} L{c.lm.num_layers} C{c.lm.dim}"
         scan = c.scan if isinstance(c.scan, str) else "custom"
         hybrid = ",".join(map(str, c.hybrid_layers)) or "-"
-        print(f"{name:<34} {lm:<18} {scan:<6} {c.prompt:<12} {c.encoder.name:<14} {c.encoder.cls:<5} {hybrid:<7} {c.loss}")
+        counts = ""
+        if args.params:  # built on the meta device: shapes only, no memory
+            model = create_assembly(name, device="meta")
+            total = sum(p.numel() for p in model.parameters()) / 1e9
+            counts = f" {total:>10.3f} {sum(p.numel() for p in model.lm.parameters()) / 1e9:>8.3f}"
+        print(f"{name:<34} {lm:<18} {scan:<6} {c.prompt:<12} {c.encoder.name:<14} {c.encoder.cls:<5} {hybrid:<7} {c.loss:<6}{counts}")
     return 0
 
 
@@ -151,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(run=_train)
     p = sub.add_parser("list", help="list the presets")
     p.add_argument("pattern", nargs="?", default="*")
+    p.add_argument("--params", action="store_true", help="count parameters (each preset built on the meta device)")
     p.set_defaults(run=_list)
     p = sub.add_parser("info", help="ops, backends and devices on this machine")
     p.set_defaults(run=_info)

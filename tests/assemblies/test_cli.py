@@ -27,7 +27,7 @@ def test_convert_reports_errors_without_a_traceback(tmp_path, capsys):
 
 
 def test_list_and_info(capsys):
-    assert main(["list", "*tiny"]) == 0
+    assert main(["list", "*tiny", "--params"]) == 0
     out = capsys.readouterr().out
     assert "visualrwkv_hybrid_tiny" in out and "x052" in out and "visualrwkv_1b6" not in out
     assert main(["list", "nothing*"]) == 1

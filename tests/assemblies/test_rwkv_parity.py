@@ -78,3 +78,44 @@ def test_wkv_state_is_not_trivial(case):
     for full, partial in zip(state.layers, half.layers):
         assert full.wkv.abs().max() > 0.1
         assert (full.wkv - partial.wkv).abs().max() > 1e-3  # the first half still matters
+
+
+def _max_differences(name: str, directory) -> dict[str, float]:
+    """The largest absolute differences of one case, for ``python -m tests.assemblies.test_rwkv_parity``."""
+    path = directory / "case.pth"
+    torch.save(blinkdl_state_dict(**CASES[name], vocab_size=300, seed=len(name)), path)
+    tokens = torch.randint(0, 300, (T,), generator=torch.Generator().manual_seed(7)).tolist()
+    model = load_rwkv_lm(path)
+    fields = ("att_shift", "wkv", "ffn_shift")
+
+    def state_diff(ours, theirs):
+        return max(
+            (getattr(layer, f)[0] - theirs[3 * i + j]).abs().max().item()
+            for i, layer in enumerate(ours.layers)
+            for j, f in enumerate(fields)
+        )
+
+    with torch.no_grad():
+        logits, state = model(torch.tensor([tokens]))
+        rows, step_state = [], None
+        for token in tokens:
+            out, step_state = model(torch.tensor([[token]]), step_state)
+            rows.append(out[0, 0])
+    ref_logits, ref_state = run_reference(path, tokens, one_by_one=False)
+    ref_rows, ref_step_state = run_reference(path, tokens, one_by_one=True)
+    return {
+        "parallel logits": (logits[0] - ref_logits).abs().max().item(),
+        "parallel states": state_diff(state, ref_state),
+        "recurrent logits": (torch.stack(rows) - ref_rows).abs().max().item(),
+        "recurrent states": state_diff(step_state, ref_step_state),
+    }
+
+
+if __name__ == "__main__":
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for case in CASES:
+            diffs = _max_differences(case, Path(tmp))
+            print(f"{case}: " + ", ".join(f"{k} {v:.1e}" for k, v in diffs.items()))
