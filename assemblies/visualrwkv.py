@@ -268,6 +268,12 @@ class VisualRWKV(nn.Module):
         loss = self.loss_fn(logits, labels) if labels is not None else None
         return VisualRWKVOutput(logits, loss, state)
 
+    def save_pretrained(self, directory, *, encoder_weights: bool = True):
+        """``assemblies.save_pretrained(self, directory)``: ``config.json`` + ``model.safetensors``."""
+        from .pretrained import save_pretrained  # pretrained imports this module
+
+        return save_pretrained(self, directory, encoder_weights=encoder_weights)
+
     def forward_batch(self, batch: Mapping[str, Any]) -> VisualRWKVOutput:
         """``forward`` on a batch from ``LLaVACollator`` (keys ``input_ids``, ``labels``, ``images``, ``image_spans``)."""
         return self(batch["input_ids"], batch.get("labels"), batch.get("images"), batch.get("image_spans"))

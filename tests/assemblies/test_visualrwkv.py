@@ -250,7 +250,7 @@ def test_upstream_wrong_shape_and_non_tensor_pickles_are_refused(tmp_path):
 
 def test_pretrained_without_encoder_weights(tmp_path):
     model = _model("visualrwkv_tiny")
-    save_pretrained(model, tmp_path / "small", encoder_weights=False)
+    model.save_pretrained(tmp_path / "small", encoder_weights=False)
     again = from_pretrained(tmp_path / "small")
     lm_keys = [k for k in model.state_dict() if not k.startswith("encoder.")]
     assert all(torch.equal(model.state_dict()[k], again.state_dict()[k]) for k in lm_keys)
