@@ -1,53 +1,55 @@
-"""Whole models built from ``rwkvblocks``: the VisualRWKV family, presets, checkpoints, stages, CLI.
+"""Whole models built from ``rwkvblocks``, by concern.
 
-- ``create_assembly(name, **overrides)`` / ``list_assemblies(pattern)``: presets of VisualRWKV,
-  VisualRWKV-Base and VisualRWKV-Hybrid (paper sizes and tiny ones); ``ABLATIONS`` lists the paper's
-  ablations as overrides.
-- ``save_pretrained`` / ``from_pretrained``: ``config.json`` + ``model.safetensors``;
-  ``load_upstream``: howard-hou/VisualRWKV ``.pth`` files.
-- ``build_rwkv_lm``, ``load_rwkv_lm``, ``save_rwkv_lm``: RWKV-5/6 language models and BlinkDL ``.pth``.
-- ``configure_stage``: the trainable parameters of each training stage.
+- ``assemblies.models``: the VisualRWKV family and the RWKV-5/6 language model — configurations
+  (``VisualRWKVConfig`` for the network, ``DataConfig`` for prompt, context, tokenizer and loss), builders,
+  presets (``create_assembly(name, **overrides)``, ``list_assemblies(pattern)``), the paper's ``ABLATIONS``,
+  and checkpoint formats (``VisualRWKV.from_pretrained`` / ``save_pretrained`` / ``from_upstream``,
+  ``load_blinkdl`` / ``save_blinkdl``).
+- ``assemblies.training``: the paper's two-stage recipe, trainable sets, the training loop, the data pipeline.
+- ``assemblies.cli`` (the ``rwkvblocks`` command) and ``assemblies.demo`` sit on top; nothing imports them.
 """
 
-from .ablations import ABLATIONS
-from .pretrained import from_pretrained, load_upstream, save_pretrained
-from .registry import create_assembly, get_assembly_config, list_assemblies, register_assembly
-from .rwkv_lm import (
+from .models import (
+    ABLATIONS,
+    DataConfig,
+    EncoderConfig,
+    Preset,
     RWKVConfig,
-    blinkdl_to_state_dict,
+    VisualRWKV,
+    VisualRWKVConfig,
+    VisualRWKVOutput,
     build_rwkv_lm,
-    infer_rwkv_config,
-    load_rwkv_lm,
-    rwkv_config_of,
-    save_rwkv_lm,
-    state_dict_to_blinkdl,
+    build_visualrwkv,
+    create_assembly,
+    get_assembly_config,
+    list_assemblies,
+    load_blinkdl,
+    register_assembly,
+    save_blinkdl,
 )
-from .stages import STAGES, configure_stage, set_trainable
-from .visualrwkv import EncoderConfig, VisualRWKV, VisualRWKVConfig, VisualRWKVOutput, build_visualrwkv
+from .training import STAGES, TrainRecipe, configure_stage, recipe, set_trainable, train
 
 __all__ = [
     "ABLATIONS",
+    "DataConfig",
     "EncoderConfig",
+    "Preset",
     "RWKVConfig",
     "STAGES",
+    "TrainRecipe",
     "VisualRWKV",
     "VisualRWKVConfig",
     "VisualRWKVOutput",
-    "blinkdl_to_state_dict",
     "build_rwkv_lm",
     "build_visualrwkv",
     "configure_stage",
     "create_assembly",
-    "from_pretrained",
     "get_assembly_config",
-    "infer_rwkv_config",
     "list_assemblies",
-    "load_rwkv_lm",
-    "load_upstream",
+    "load_blinkdl",
+    "recipe",
     "register_assembly",
-    "rwkv_config_of",
-    "save_pretrained",
-    "save_rwkv_lm",
+    "save_blinkdl",
     "set_trainable",
-    "state_dict_to_blinkdl",
+    "train",
 ]

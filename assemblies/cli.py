@@ -1,16 +1,16 @@
 """The ``rwkvblocks`` command.
 
-    rwkvblocks convert SRC DST [--dtype bf16] [--no-encoder-weights]   upstream .pth -> safetensors dir
-    rwkvblocks train --preset NAME --stage alignment --data JSON --images DIR --out DIR [--init-lm PTH]
-    rwkvblocks list [PATTERN] [--params]                                presets, knobs, parameter counts
-    rwkvblocks info                                                     ops x backends on this machine
-    rwkvblocks demo [--steps N] [--out DIR]                             the end-to-end demo (make demo)
+rwkvblocks convert SRC DST [--dtype bf16] [--no-encoder-weights]   upstream .pth -> safetensors dir
+    [--vision-heads N] [--vision-config PATH]                       the CLIP tower's head count
+rwkvblocks train --preset NAME --stage alignment --data JSON --images DIR --out DIR [--init-lm PTH]
+rwkvblocks list [PATTERN] [--params]                                presets, knobs, parameter counts
+rwkvblocks info                                                     ops x backends on this machine
+rwkvblocks demo [--steps N] [--out DIR]                             the end-to-end demo (make demo)
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import time
 
@@ -22,18 +22,30 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, 
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from .pretrained import load_upstream, save_pretrained
+    from .models import VisualRWKV
 
     t0 = time.perf_counter()
     print(f"reading {args.src} (torch.load, weights_only=True) ...", flush=True)
-    model = load_upstream(args.src, dtype=DTYPES[args.dtype] if args.dtype else None)
+    heads = {"vision_heads": args.vision_heads, "vision_config": args.vision_config}
+    heads = {k: v for k, v in heads.items() if v is not None}
+    model = VisualRWKV.from_upstream(args.src, dtype=DTYPES[args.dtype] if args.dtype else None, **heads)
     cfg = model.config
     params = sum(p.numel() for p in model.parameters())
     print(
         f"  {cfg.lm.version}, {cfg.lm.num_layers} layers, C={cfg.lm.dim}, hybrid layers {list(cfg.hybrid_layers)}, "
         f"encoder {cfg.encoder.name} ({model.image_tokens} tokens), {params / 1e9:.3f} B parameters"
     )
-    out = save_pretrained(model, args.dst, encoder_weights=not args.no_encoder_weights)
+    transformer = getattr(getattr(model.encoder, "visual", None), "transformer", None)
+    if transformer is not None:  # an open_clip tower: say which head count it was built with, and why
+        count = transformer.resblocks[0].attn.num_heads
+        if args.vision_heads is not None:
+            why = "from --vision-heads"
+        elif args.vision_config is not None:
+            why = f"from {args.vision_config}"
+        else:
+            why = "not given, so heads of 64 as in OpenAI CLIP; set it with --vision-heads N or --vision-config PATH"
+        print(f"  vision tower: {count} attention heads of {transformer.width // count} ({why})")
+    out = model.save_pretrained(args.dst, encoder_weights=not args.no_encoder_weights)
     print(f"wrote {out}/config.json and {out}/model.safetensors in {time.perf_counter() - t0:.1f} s")
     return 0
 
@@ -42,54 +54,71 @@ def _train(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from torch.utils.data import DataLoader
+    from rwkvblocks.prompting import SkipReport
 
-    from rwkvblocks.prompting import ByteTokenizer, LLaVACollator, LLaVADataset, SkipReport, WorldTokenizer, prompt_builder
-
-    from .pretrained import from_pretrained, save_pretrained
-    from .registry import create_assembly
-    from .train import recipe, train
+    from ._io import atomic_file
+    from .models import VisualRWKV, create_assembly
+    from .training import data_loader, make_dataset, recipe, train
 
     device = torch.device(args.device)
     dtype = DTYPES[args.dtype] if args.dtype else None
+    overrides = {"tokenizer": args.tokenizer} if args.tokenizer else {}
     if args.init:
-        model = from_pretrained(args.init, device=device, dtype=dtype)
+        model = VisualRWKV.from_pretrained(args.init, device=device, dtype=dtype)
+        if overrides:
+            model.data_config = model.data_config.replace(**overrides)
     else:
-        model = create_assembly(args.preset, init_lm=args.init_lm, device=device, dtype=dtype)
-    changes = {k: v for k, v in (
-        ("batch_size", args.batch_size), ("micro_batch_size", args.micro_batch_size), ("epochs", args.epochs),
-        ("context_length", args.context_length), ("lr_init", args.lr_init), ("lr_final", args.lr_final),
-    ) if v is not None}  # fmt: skip
-    prompt = "image_first" if args.stage == "alignment" else model.config.prompt
-    plan = recipe(args.stage, args.size, prompt=prompt, **changes)
-    tokenizer = ByteTokenizer() if args.tokenizer == "byte" else WorldTokenizer()
-    if tokenizer.vocab_size > model.lm.vocab_size:
-        raise ValueError(f"the {args.tokenizer} tokenizer has {tokenizer.vocab_size} ids, the model {model.lm.vocab_size}")
-    dataset = LLaVADataset(
-        args.data, args.images, prompt_builder(plan.prompt, tokenizer),
-        image_transform=model.encoder.transform.per_image, on_bad_sample=args.on_bad_sample,
-    )  # fmt: skip
-    loader = DataLoader(
-        dataset, batch_size=plan.micro_batch_size, shuffle=True, num_workers=args.workers,
-        collate_fn=LLaVACollator(model.image_tokens, plan.context_length),
-    )  # fmt: skip
+        model = create_assembly(args.preset, init_lm=args.init_lm, device=device, dtype=dtype, **overrides)
+    changes = {
+        k: v
+        for k, v in (
+            ("batch_size", args.batch_size),
+            ("micro_batch_size", args.micro_batch_size),
+            ("epochs", args.epochs),
+            ("lr_init", args.lr_init),
+            ("lr_final", args.lr_final),
+        )
+        if v is not None
+    }
+    if args.context_length is not None:
+        changes["data_changes"] = {"context_length": args.context_length}
+    plan = recipe(args.stage, args.size, **changes)
+    data = plan.data_for(model.data_config)
+    dataset = make_dataset(
+        data,
+        args.data,
+        args.images,
+        image_transform=model.encoder.transform.per_image,
+        vocab_size=model.lm.vocab_size,
+        on_bad_sample=args.on_bad_sample,
+    )
+    loader = data_loader(
+        dataset, data, image_tokens=model.image_tokens, batch_size=plan.micro_batch_size, num_workers=args.workers
+    )
     report = SkipReport()
 
     class _Epochs:  # every pass over the loader is an epoch of the skip report
         def __iter__(self):
             return report.epoch(loader)
 
-    print(f"{args.stage}: {len(dataset)} samples, {plan}", flush=True)
+    print(f"{args.stage}: {len(dataset)} samples, {data}, {plan}", flush=True)
     losses = train(model, _Epochs(), plan, steps=args.steps, micro_batches_per_epoch=len(loader))
-    out = save_pretrained(model, args.out)
-    log = {"stage": args.stage, "recipe": dataclasses.asdict(plan), "losses": losses, "skipped": report.summary()}
-    (Path(out) / f"train_{args.stage}.json").write_text(json.dumps(log, indent=2))
+    out = model.save_pretrained(args.out)
+    log = {
+        "stage": args.stage,
+        "recipe": plan.to_dict(),
+        "data": data.to_dict(),
+        "losses": losses,
+        "skipped": report.summary(),
+    }
+    with atomic_file(Path(out) / f"train_{args.stage}.json") as f:
+        f.write(json.dumps(log, indent=2).encode())
     print(f"loss {losses[0]:.4f} -> {losses[-1]:.4f}; {report.summary()}; saved to {out}")
     return 0
 
 
 def _list(args: argparse.Namespace) -> int:
-    from .registry import create_assembly, get_assembly_config, list_assemblies
+    from .models import create_assembly, get_assembly_config, list_assemblies
 
     names = list_assemblies(args.pattern)
     if not names:
@@ -98,7 +127,7 @@ def _list(args: argparse.Namespace) -> int:
     extra = f" {'params (B)':>10} {'LM (B)':>8}" if args.params else ""
     print(f"{'preset':<34} {'lm':<18} {'scan':<6} {'prompt':<12} {'encoder':<14} {'cls':<5} hybrid  loss {extra}")
     for name in names:
-        c = get_assembly_config(name)
+        c, data = get_assembly_config(name)
         lm = f"{c.lm.version} L{c.lm.num_layers} C{c.lm.dim}"
         scan = c.scan if isinstance(c.scan, str) else "custom"
         hybrid = ",".join(map(str, c.hybrid_layers)) or "-"
@@ -107,7 +136,8 @@ def _list(args: argparse.Namespace) -> int:
             model = create_assembly(name, device="meta")
             total = sum(p.numel() for p in model.parameters()) / 1e9
             counts = f" {total:>10.3f} {sum(p.numel() for p in model.lm.parameters()) / 1e9:>8.3f}"
-        print(f"{name:<34} {lm:<18} {scan:<6} {c.prompt:<12} {c.encoder.name:<14} {c.encoder.cls:<5} {hybrid:<7} {c.loss:<6}{counts}")
+        encoder = f"{c.encoder.name:<14} {c.encoder.cls:<5}"
+        print(f"{name:<34} {lm:<18} {scan:<6} {data.prompt:<12} {encoder} {hybrid:<7} {data.loss:<6}{counts}")
     return 0
 
 
@@ -121,7 +151,7 @@ def _info(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return run_demo(steps=args.steps, out=args.out, seed=args.seed)
+    return run_demo(steps=args.steps, out=args.out, seed=args.seed, record=args.record)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,6 +162,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("dst", help="output directory (config.json + model.safetensors)")
     p.add_argument("--dtype", choices=sorted(DTYPES), help="parameter dtype (default: the checkpoint's)")
     p.add_argument("--no-encoder-weights", action="store_true", help="leave the frozen encoder's weights out")
+    p.add_argument(
+        "--vision-heads",
+        type=int,
+        metavar="N",
+        help="attention heads of the file's CLIP tower (not stored in it; default: heads of 64, with a warning)",
+    )
+    p.add_argument(
+        "--vision-config",
+        metavar="PATH",
+        help="the tower's Hugging Face config.json (or its directory): the head count is read from it",
+    )
     p.set_defaults(run=_convert)
     p = sub.add_parser("train", help="run one stage of the paper's recipe on LLaVA-format data")
     p.add_argument("--preset", default="visualrwkv_1b6_clipl336", help="assembly to build (ignored with --init)")
@@ -142,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", required=True, help="LLaVA-1.5 JSON file")
     p.add_argument("--images", help="image root folder")
     p.add_argument("--out", required=True, help="output directory (save_pretrained + train_<stage>.json)")
-    p.add_argument("--tokenizer", choices=["world", "byte"], default="world")
+    p.add_argument("--tokenizer", choices=["world", "byte"], help="default: the model's data configuration")
     p.add_argument("--steps", type=int, help="optimiser steps (default: the recipe's epochs)")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--micro-batch-size", type=int)
@@ -165,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=200, help="optimiser steps per stage")
     p.add_argument("--out", help="keep the run directory here (default: a temporary directory)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--record", help="also write the result table to this markdown file")
     p.set_defaults(run=_demo)
     args = parser.parse_args(argv)
     try:

@@ -128,9 +128,7 @@ def _probe(what: str, data_file: str, image_root: str, count: int) -> None:
 
 def measure(what: str, data_file: Path, image_root: Path, count: int) -> dict:
     cmd = [sys.executable, __file__, "--_probe", what, str(data_file), str(image_root), str(count)]
-    return json.loads(
-        subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
-    )
+    return json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
 
 
 def _machine() -> str:

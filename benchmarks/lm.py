@@ -5,7 +5,7 @@
     python benchmarks/lm.py --version x052 --layers 2 --dim 256
 
 Both sides run the same random checkpoint, written once in BlinkDL's format: ours loaded with
-``assemblies.load_rwkv_lm`` (as a user gets it), the reference with ``rwkv.model.RWKV(path,
+``assemblies.load_blinkdl`` (as a user gets it), the reference with ``rwkv.model.RWKV(path,
 'cpu fp32')`` (TorchScript on, its default). Prefill feeds the whole prompt from a zero state and
 computes the last position's logits (what generation needs); decode feeds one token at a time
 with the carried state. Runs are interleaved and medians reported; the last-token logits of both
@@ -26,8 +26,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from assemblies import RWKVConfig, build_rwkv_lm, load_blinkdl, save_blinkdl  # noqa: E402
 from benchmarks._machine import cpu_name  # noqa: E402
-from assemblies import RWKVConfig, build_rwkv_lm, load_rwkv_lm, save_rwkv_lm  # noqa: E402
 
 
 def _reference_class():
@@ -39,6 +39,7 @@ def _reference_class():
     flags = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
     warnings.filterwarnings("ignore", category=FutureWarning, module="torch.jit")  # deprecation notices
     from rwkv.model import RWKV
+
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
     return RWKV
 
@@ -51,7 +52,7 @@ def write_checkpoint(cfg: RWKVConfig, path: Path, seed: int = 0) -> None:
         for name, p in model.named_parameters():
             if p.dim() == 2 and "lora" not in name:
                 p.normal_(0, p.shape[1] ** -0.5)
-    save_rwkv_lm(model, path)
+    save_blinkdl(model, path)
 
 
 class _Ours:
@@ -91,8 +92,8 @@ def run(cfg: RWKVConfig, T: int, decode_tokens: int, repeats: int, with_referenc
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.pth"
         write_checkpoint(cfg, path)
-        ours = load_rwkv_lm(path)
-        plain = load_rwkv_lm(path)
+        ours = load_blinkdl(path)
+        plain = load_blinkdl(path)
         for module in plain.modules():  # the layout build_rwkv_lm gives, for comparison
             if isinstance(module, torch.nn.Linear):
                 module.weight = torch.nn.Parameter(module.weight.detach().contiguous())
@@ -126,7 +127,8 @@ def run(cfg: RWKVConfig, T: int, decode_tokens: int, repeats: int, with_referenc
                         decode[runner.name].append(time.perf_counter() - t0)
     base = runners[-1].name if with_reference else runners[0].name
     rows = [
-        "| implementation | prefill (T={T}) | prefill tokens/s | decode per token | decode tokens/s | prefill speed-up | decode speed-up |".format(T=T),
+        f"| implementation | prefill (T={T}) | prefill tokens/s | decode per token | decode tokens/s "
+        "| prefill speed-up | decode speed-up |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     results = {}

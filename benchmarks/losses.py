@@ -83,7 +83,10 @@ def main(argv=None) -> list[str]:
         f"torch {torch.__version__}; peak resident memory added by forward + backward on top of the logits, "
         f"one fresh process per row; command: `python benchmarks/losses.py{' ' + ' '.join(argv) if argv else ''}`\n"
     )
-    rows = ["| implementation | loss | forward + backward | peak memory added | vs logits |", "| --- | ---: | ---: | ---: | ---: |"]
+    rows = [
+        "| implementation | loss | forward + backward | peak memory added | vs logits |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
     print(title)
     print("\n".join(rows), flush=True)
     results = {}
@@ -92,8 +95,9 @@ def main(argv=None) -> list[str]:
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
         r = json.loads(out.strip().splitlines()[-1])
         results[name] = r
+        added = r["added"] / 2**20
         rows.append(
-            f"| {name} | {r['loss']:.5f} | {r['seconds']:.2f} s | {r['added'] / 2**20:,.0f} MiB | {r['added'] / 2**20 / logits_mib:.2f}x |"
+            f"| {name} | {r['loss']:.5f} | {r['seconds']:.2f} s | {added:,.0f} MiB | {added / logits_mib:.2f}x |"
         )
         print(rows[-1], flush=True)
     values = [r["loss"] for r in results.values()]

@@ -52,13 +52,9 @@ def make_text(megabytes: float, reference, seed: int = 0) -> str:
     while size < target:
         roll = rng.random()
         if roll < 0.7:
-            part = rng.choice(sources).read_text(encoding="utf-8", errors="replace")[
-                : rng.randint(2000, 20000)
-            ]
+            part = rng.choice(sources).read_text(encoding="utf-8", errors="replace")[: rng.randint(2000, 20000)]
         elif roll < 0.9:
-            part = "".join(
-                rng.choice(cjk) + rng.choice(["", "", "，", "。\n"]) for _ in range(rng.randint(200, 2000))
-            )
+            part = "".join(rng.choice(cjk) + rng.choice(["", "", "，", "。\n"]) for _ in range(rng.randint(200, 2000)))
         else:
             part = "".join(rng.choice(EMOJI) for _ in range(rng.randint(100, 1000)))
         parts.append(part)

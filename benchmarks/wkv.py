@@ -154,11 +154,7 @@ def memory_table(backends, dtype_name: str, lengths) -> list[str]:
             cmd = [sys.executable, __file__, "--_probe", b, str(T), dtype_name]
             out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
             added[b] = json.loads(out.strip().splitlines()[-1])["added"]
-        ratio = (
-            f"{added['reference'] / added['chunked']:.1f}x"
-            if {"reference", "chunked"} <= added.keys()
-            else "-"
-        )
+        ratio = f"{added['reference'] / added['chunked']:.1f}x" if {"reference", "chunked"} <= added.keys() else "-"
         cells = " | ".join(f"{added[b] / 2**20:.0f} MiB" for b in backends)
         rows.append(f"| {T} | {cells} | {ratio} |")
         print(rows[-1], flush=True)
@@ -362,8 +358,9 @@ def gpu_speed_table(device: str, shapes, decode_batches, runners: dict, fla_name
     return rows
 
 
-def gpu_check(device: str, repeats: int, shapes=GPU_SHAPES, decode_batches=DECODE_BATCHES,
-              precision_shape=PRECISION_SHAPE) -> list[str]:  # fmt: skip
+def gpu_check(
+    device: str, repeats: int, shapes=GPU_SHAPES, decode_batches=DECODE_BATCHES, precision_shape=PRECISION_SHAPE
+) -> list[str]:
     """The Triton kernels' acceptance table (see the module docstring)."""
     fla = _fla_ops()
     runners = {  # name -> (callable, "grad" | "nograd" | "decode")
@@ -378,10 +375,12 @@ def gpu_check(device: str, repeats: int, shapes=GPU_SHAPES, decode_batches=DECOD
     lines = [f"fla: {'importable' if fla else 'not installed (no fla columns)'}"]
     small = Shape("compile probe B=1 T=256 H=4 K=64", 1, 256, 4, 64)
     for name in ("triton_chunk", fla_names[0]) if fla else ("triton_chunk",):
-        lines.append(f"first call (compile + autotune), fwd+bwd: {name} {_first_call_seconds(runners[name][0], small, device, True):.1f} s")
+        seconds = _first_call_seconds(runners[name][0], small, device, True)
+        lines.append(f"first call (compile + autotune), fwd+bwd: {name} {seconds:.1f} s")
     decode = Shape("decode probe", 8, 1, 32, 64)
     for name in ("triton_recurrent", fla_names[1]) if fla else ("triton_recurrent",):
-        lines.append(f"first call (compile + autotune), decode: {name} {_first_call_seconds(runners[name][0], decode, device, False):.1f} s")
+        seconds = _first_call_seconds(runners[name][0], decode, device, False)
+        lines.append(f"first call (compile + autotune), decode: {name} {seconds:.1f} s")
     bandwidth = copy_bandwidth(device)
     lines.append(f"copy bandwidth (device to device, read + write): {bandwidth / 1e12:.2f} TB/s")
     print("\n".join(lines), flush=True)

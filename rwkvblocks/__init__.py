@@ -10,10 +10,10 @@ from .channel_mix import ChannelMix, ffn_dim
 from .lm import RWKVLanguageModel
 from .losses import BatchLevelCE, SampleLevelCE
 from .ops import BackendUnavailableError, wkv5, wkv6
-from .scan import ScanPermuter, ScanPlan, Scanned
-from .state import KVCache, LayerState, RWKVState
+from .scan import Scanned, ScanPermuter, ScanPlan
+from .state import KVCache, RWKVBlockState, RWKVState, TimeMixState
 from .time_mix import DataDependentDecay, StaticDecay, TimeMix
-from .tiny_attention import TinyAttention
+from .tiny_attention import PreNormTinyAttention, TinyAttention
 from .token_shift import DataDependentTokenShift, TokenShift, shift_tokens
 
 __version__ = "0.1.0"
@@ -25,8 +25,9 @@ __all__ = [
     "DataDependentDecay",
     "DataDependentTokenShift",
     "KVCache",
-    "LayerState",
+    "PreNormTinyAttention",
     "RWKVBlock",
+    "RWKVBlockState",
     "RWKVLanguageModel",
     "RWKVState",
     "SampleLevelCE",
@@ -35,6 +36,7 @@ __all__ = [
     "Scanned",
     "StaticDecay",
     "TimeMix",
+    "TimeMixState",
     "TinyAttention",
     "TokenShift",
     "__version__",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ._init import channel_ramp, fill_, layer_ratios, orthogonal_
+from ._init import CHANNEL_MIX_RAMPS, layer_ratios, orthogonal_, reset_injected
 from .token_shift import TokenShift
 
 __all__ = ["ChannelMix", "ffn_dim"]
@@ -23,7 +23,8 @@ class ChannelMix(nn.Module):
         dim: Channels ``C``.
         hidden_dim: FFN width ``F`` (``ffn_dim(C)`` in released models).
         token_shift: Produces the mixed inputs ``k`` and ``r`` (a ``TokenShift``: ``form="maa"``
-            for RWKV-6, ``"lerp"`` for RWKV-5).
+            for RWKV-6, ``"lerp"`` for RWKV-5). ``reset_parameters`` calls its
+            ``reset_parameters(layer_idx, num_layers)``.
         layer_idx, num_layers: Position in the stack; used only by ``reset_parameters``.
         device, dtype: Of the parameters.
 
@@ -99,7 +100,7 @@ class ChannelMix(nn.Module):
         module = cls(
             dim,
             ffn_dim(dim) if hidden_dim is None else hidden_dim,
-            token_shift=TokenShift(dim, names=("k", "r"), form=form, **kw),
+            token_shift=TokenShift(dim, names=("k", "r"), form=form, ramps=CHANNEL_MIX_RAMPS, **kw),
             layer_idx=layer_idx,
             num_layers=num_layers,
             **kw,
@@ -109,16 +110,26 @@ class ChannelMix(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        """BlinkDL's from-scratch initialisation (DESIGN.md §4)."""
-        _, r1 = layer_ratios(self.layer_idx, self.num_layers)
-        ramp = channel_ramp(self.dim) ** r1
-        shift = self.token_shift
-        if isinstance(shift, TokenShift):
-            mix = ramp if shift.form == "lerp" else 1 - ramp
-            fill_(shift.mix, mix.expand(len(shift.names), -1))
+        """BlinkDL's from-scratch initialisation (DESIGN.md §4), the token shift's included.
+
+        Raises:
+            ValueError: the token shift has no ``reset_parameters(layer_idx, num_layers)``.
+        """
+        reset_injected(self, "token_shift", self.layer_idx, self.num_layers)
         orthogonal_(self.key.weight, 1.0)
         orthogonal_(self.receptance.weight, 0.0)
         orthogonal_(self.value.weight, 0.0)
+
+    def init_state(self, batch_size: int, device: torch.device | str | None = None) -> Tensor:
+        """The shift before the first token: zeros `[B, C]` in the parameters' dtype."""
+        weight = self.key.weight
+        return torch.zeros(batch_size, self.dim, device=weight.device if device is None else device, dtype=weight.dtype)
+
+    def check_state(self, state: Tensor, batch_size: int) -> None:
+        """Raise ``ValueError`` when ``state`` is not a `[B, C]` tensor (no device access)."""
+        if not isinstance(state, Tensor) or tuple(state.shape) != (batch_size, self.dim):
+            got = tuple(state.shape) if isinstance(state, Tensor) else type(state).__name__
+            raise ValueError(f"state.ffn_shift must have shape [B, {self.dim}] with B = {batch_size}, got {got}")
 
     def forward(self, x: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
         mixed, new_shift = self.token_shift(x, state)

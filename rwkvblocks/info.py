@@ -1,8 +1,9 @@
 """``python -m rwkvblocks.info``: versions, devices, and every op x backend with its status.
 
-For each op (WKV, causal attention) and backend it prints whether the backend is available on this machine and, for a
-few representative inputs, whether it accepts them (or the reasons it does not), plus the
-backend that automatic selection picks.
+For each op (WKV, causal attention, weighted cross entropy) it prints the ``torch.library`` ops it is
+registered as, and for each backend whether it is available on this machine and, for a few
+representative inputs, whether it accepts them (or the reasons it does not), plus the backend that
+automatic selection picks.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ import platform
 
 import torch
 
-from .ops import WKVInputs, wkv_dispatcher
+from .ops import Dispatcher, WKVInputs, wkv_dispatcher
+
+__all__ = ["main", "report"]
 
 _PACKAGES = ("torch", "triton", "timm", "open_clip_torch", "safetensors", "xformers", "rwkv")
 
@@ -24,55 +27,45 @@ def _version(name: str) -> str:
         return "not installed"
 
 
-def _sample_inputs() -> dict[str, WKVInputs]:
-    cpu = torch.device("cpu")
-    samples = {
-        "cpu fp32 prefill B=1 T=4096 H=32 K=64": WKVInputs(1, 4096, 32, 64, 64, torch.float32, cpu, False, False, True),
-        "cpu bf16 decode B=8 T=1 H=32 K=64": WKVInputs(8, 1, 32, 64, 64, torch.bfloat16, cpu, False, True, False),
-    }
-    if torch.cuda.is_available():
-        cuda = torch.device("cuda", torch.cuda.current_device())
-        samples["cuda bf16 train B=8 T=2048 H=32 K=64"] = WKVInputs(8, 2048, 32, 64, 64, torch.bfloat16, cuda, False, False, True)
-        samples["cuda bf16 decode B=8 T=1 H=32 K=64"] = WKVInputs(8, 1, 32, 64, 64, torch.bfloat16, cuda, False, True, False)
+def _devices() -> list[torch.device]:
+    cuda = [torch.device("cuda", torch.cuda.current_device())] if torch.cuda.is_available() else []
+    return [torch.device("cpu"), *cuda]
+
+
+def _wkv_samples() -> dict[str, WKVInputs]:
+    def inputs(B, T, dtype, device, has_state, grad):
+        return WKVInputs(B, T, 32, 64, 64, dtype, device, False, has_state, grad)
+
+    samples = {}
+    for d in _devices():
+        if d.type == "cpu":
+            samples["cpu fp32 prefill B=1 T=4096 H=32 K=64"] = inputs(1, 4096, torch.float32, d, False, True)
+        else:
+            samples["cuda bf16 train B=8 T=2048 H=32 K=64"] = inputs(8, 2048, torch.bfloat16, d, False, True)
+        samples[f"{d.type} bf16 decode B=8 T=1 H=32 K=64"] = inputs(8, 1, torch.bfloat16, d, True, False)
     return samples
 
 
-def report() -> str:
-    """The text that ``python -m rwkvblocks.info`` prints."""
-    from . import __version__
+def _attention_samples() -> dict:
+    from .ops.attention import AttentionInputs
 
-    lines = [f"rwkvblocks {__version__}  (python {platform.python_version()}, {platform.machine()})"]
-    lines.append("packages: " + ", ".join(f"{p} {_version(p)}" for p in _PACKAGES))
-    cuda = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
-    lines.append(f"devices: cpu ({torch.get_num_threads()} threads), cuda: {cuda}")
-    lines.append("")
-    samples = _sample_inputs()
-    for op in ("wkv6", "wkv5"):
-        lines.append(f"op {op}  (environment variable {wkv_dispatcher.env_var})")
-        for b in wkv_dispatcher.backends:
-            status = b.availability()
-            lines.append(f"  {b.name:<12} {'available' if status is None else 'UNAVAILABLE: ' + status}")
-            if b.description:
-                lines.append(f"  {'':<12} {b.description}")
-            if status is None:
-                for label, inputs in samples.items():
-                    reasons = b.reasons(inputs)
-                    verdict = "accepts" if not reasons else "refuses: " + "; ".join(reasons)
-                    lines.append(f"  {'':<12}   {label}: {verdict}")
-        for label, inputs in samples.items():
-            lines.append(f"  auto -> {wkv_dispatcher.select(inputs).name:<10} for {label}")
-        lines.append("")
-    lines += _attention_report()
-    return "\n".join(lines).rstrip() + "\n"
+    label = "{} bf16 B=8 H=32 T=2048 D=64"
+    return {label.format(d.type): AttentionInputs(8, 32, 2048, 2048, 64, torch.bfloat16, d) for d in _devices()}
 
 
-def _attention_report() -> list[str]:
-    from .ops.attention import AttentionInputs, attention_dispatcher
+def _cross_entropy_samples() -> dict:
+    from .ops.cross_entropy import CrossEntropyInputs
 
-    lines = [f"op causal_attention  (environment variable {attention_dispatcher.env_var})"]
-    devices = [torch.device("cpu")] + ([torch.device("cuda", torch.cuda.current_device())] if torch.cuda.is_available() else [])
-    samples = {f"{d.type} bf16 B=8 H=32 T=2048 D=64": AttentionInputs(8, 32, 2048, 2048, 64, torch.bfloat16, d) for d in devices}
-    for b in attention_dispatcher.backends:
+    label = "{} bf16 logits B=8 T=2048 V=65536"
+    return {label.format(d.type): CrossEntropyInputs(8, 2048, 2047, 65536, torch.bfloat16, d) for d in _devices()}
+
+
+def _op_report(
+    title: str, op_names: tuple[str, ...], dispatcher: Dispatcher, samples: dict, note: str = ""
+) -> list[str]:
+    lines = [f"op {title}  (environment variable {dispatcher.env_var})"]
+    lines.append("  registered: " + ", ".join(f"torch.ops.{name.replace('::', '.')}" for name in op_names) + note)
+    for b in dispatcher.backends:
         status = b.availability()
         lines.append(f"  {b.name:<12} {'available' if status is None else 'UNAVAILABLE: ' + status}")
         if b.description:
@@ -80,10 +73,35 @@ def _attention_report() -> list[str]:
         if status is None:
             for label, inputs in samples.items():
                 reasons = b.reasons(inputs)
-                lines.append(f"  {'':<12}   {label}: {'accepts' if not reasons else 'refuses: ' + '; '.join(reasons)}")
+                verdict = "accepts" if not reasons else "refuses: " + "; ".join(reasons)
+                lines.append(f"  {'':<12}   {label}: {verdict}")
     for label, inputs in samples.items():
-        lines.append(f"  auto -> {attention_dispatcher.select(inputs).name:<10} for {label}")
+        lines.append(f"  auto -> {dispatcher.select(inputs).name:<10} for {label}")
+    lines.append("")
     return lines
+
+
+def report() -> str:
+    """The text that ``python -m rwkvblocks.info`` prints."""
+    from . import __version__
+    from .ops import attention, cross_entropy, wkv
+
+    lines = [f"rwkvblocks {__version__}  (python {platform.python_version()}, {platform.machine()})"]
+    lines.append("packages: " + ", ".join(f"{p} {_version(p)}" for p in _PACKAGES))
+    cuda = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
+    lines.append(f"devices: cpu ({torch.get_num_threads()} threads), cuda: {cuda}")
+    lines.append(
+        "every entry point below is one torch.library op (fake kernel and autograd included), its backend "
+        "chosen inside from metadata; the Triton kernels register their own triton_ops on first use"
+    )
+    lines.append("")
+    wkv_samples = _wkv_samples()
+    lines += _op_report("wkv6", wkv.OP_NAMES, wkv_dispatcher, wkv_samples)
+    lines += _op_report("wkv5", wkv.OP_NAMES, wkv_dispatcher, wkv_samples, note=" (its static w as a broadcast view)")
+    lines += _op_report("causal_attention", attention.OP_NAMES, attention.attention_dispatcher, _attention_samples())
+    ce = cross_entropy
+    lines += _op_report("weighted_cross_entropy", ce.OP_NAMES, ce.cross_entropy_dispatcher, _cross_entropy_samples())
+    return "\n".join(lines).rstrip() + "\n"
 
 
 def main() -> None:

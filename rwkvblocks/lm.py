@@ -8,8 +8,9 @@ import torch
 from torch import Tensor, nn
 
 from ._init import orthogonal_
+from .ops import check_values
 from .scan import ScanPlan
-from .state import LayerState, RWKVState
+from .state import RWKVState, split_block_output, takes_context
 
 __all__ = ["RWKVLanguageModel"]
 
@@ -20,9 +21,14 @@ class RWKVLanguageModel(nn.Module):
     Accepting embeddings is what lets an image's features enter the sequence anywhere: build
     ``embeds`` with ``embed(tokens)`` and splice features in before calling the model.
 
+    The stack is any sequence of blocks that follow the state protocol of ``rwkvblocks.state``: RWKV blocks,
+    and between them a GRU, an attention layer or anything called as ``block(x, state) -> (y, state)`` (or a
+    bare ``y``). Each block declares its state (``init_state``); blocks with a ``context`` parameter share one
+    per-forward dict (RWKV-7's ``v_first``). The blocks are fixed at construction.
+
     Args:
         emb: Token embedding `[V, C]`.
-        blocks: The blocks, block 0 first (it owns ``ln0``).
+        blocks: The blocks, block 0 first (an ``RWKVBlock`` 0 owns ``ln0``).
         ln_out: Final LayerNorm.
         head: Output projection `[V, C]`, no bias.
 
@@ -33,7 +39,7 @@ class RWKVLanguageModel(nn.Module):
         (recurrent) give the same logits and states.
 
     Reference: BlinkDL RWKV-LM x052 / x060 (DESIGN.md §4), checked against the ``rwkv`` package.
-    Builders and checkpoint loading: ``assemblies.build_rwkv_lm``, ``assemblies.load_rwkv_lm``.
+    Builders and checkpoint loading: ``assemblies.build_rwkv_lm``, ``assemblies.load_blinkdl``.
     """
 
     def __init__(
@@ -51,6 +57,7 @@ class RWKVLanguageModel(nn.Module):
         self.ln_out = ln_out
         self.head = head
         self.vocab_size, self.dim = emb.weight.shape
+        self._takes_context = tuple(takes_context(block) for block in self.blocks)
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
@@ -74,24 +81,24 @@ class RWKVLanguageModel(nn.Module):
                 module.weight = nn.Parameter(weight.t().contiguous().t(), requires_grad=weight.requires_grad)
         return self
 
-    def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> RWKVState:
-        """A zero state for ``batch_size`` sequences (on the model's device by default)."""
-        att = self.blocks[0].att
-        return RWKVState.zeros(
-            num_layers=len(self.blocks),
-            batch_size=batch_size,
-            dim=self.dim,
-            num_heads=att.num_heads,
-            head_dim=att.head_dim,
-            device=device or self.emb.weight.device,
-            dtype=self.emb.weight.dtype,
+    def init_state(self, batch_size: int, device: torch.device | str | None = None) -> RWKVState:
+        """The state before the first token, built from every block's ``init_state`` (on the model's device)."""
+        device = device or self.emb.weight.device
+        return RWKVState(
+            tuple(
+                block.init_state(batch_size, device) if hasattr(block, "init_state") else None for block in self.blocks
+            )
         )
 
-    def embed(self, tokens: Tensor) -> Tensor:
-        """Token embeddings `[B, T, C]` (before ``ln0``, which block 0 applies)."""
+    def embed(self, tokens: Tensor, *, validate: bool | None = None) -> Tensor:
+        """Token embeddings `[B, T, C]` (before ``ln0``, which block 0 applies).
+
+        ``validate`` checks that every id is in ``[0, V)``; by default only for CPU tokens (elsewhere the
+        check would read the device; pass ``validate=True`` to pay for it).
+        """
         if tokens.dtype not in (torch.int64, torch.int32):
             raise ValueError(f"tokens must be int64 (or int32) token ids, got dtype {tokens.dtype}")
-        if tokens.numel() and not tokens.is_meta:
+        if tokens.numel() and check_values(tokens, validate):
             lo, hi = int(tokens.min()), int(tokens.max())
             if lo < 0 or hi >= self.vocab_size:
                 raise ValueError(f"token ids must be in [0, {self.vocab_size}), got values in [{lo}, {hi}]")
@@ -128,12 +135,14 @@ class RWKVLanguageModel(nn.Module):
         if state is not None:
             self._check_state(state, B)
         layers = state.layers if state is not None else (None,) * len(self.blocks)
+        context: dict = {}  # values one block hands to later ones during this forward (RWKV-7: v_first)
         new_layers = []
         for i, (block, layer_state) in enumerate(zip(self.blocks, layers)):
+            kwargs = {"context": context} if self._takes_context[i] else {}
             if scan is None:
-                x, layer_state = block(x, layer_state)
+                x, layer_state = split_block_output(block(x, layer_state, **kwargs), f"block {i}")
             else:
-                x, layer_state = scan.apply(block, x, layer_state, i)
+                x, layer_state = scan.apply(block, x, layer_state, i, **kwargs)
             new_layers.append(layer_state)
         return self.ln_out(x), RWKVState(tuple(new_layers))
 
@@ -159,14 +168,13 @@ class RWKVLanguageModel(nn.Module):
         return self.head(hidden), state
 
     def _check_state(self, state: RWKVState, batch_size: int) -> None:
+        """Structure and shapes only: nothing here reads a tensor's values."""
         if not isinstance(state, RWKVState):
             raise ValueError(f"state must be an RWKVState, got {type(state).__name__}")
         if state.num_layers != len(self.blocks):
             raise ValueError(f"state has {state.num_layers} layers, the model {len(self.blocks)}")
         if state.batch_size != batch_size:
             raise ValueError(f"state has batch size {state.batch_size}, the input {batch_size}")
-        att = self.blocks[0].att
-        C, H, K = self.dim, att.num_heads, att.head_dim
-        for name, want, have in zip(LayerState._fields[:3], ((C,), (H, K, K), (C,)), state.layers[0]):
-            if tuple(have.shape[1:]) != want:
-                raise ValueError(f"state.{name} must have shape [B, {', '.join(map(str, want))}], got {tuple(have.shape)}")
+        for block, layer in zip(self.blocks, state.layers):
+            if layer is not None and hasattr(block, "check_state"):
+                block.check_state(layer, batch_size)

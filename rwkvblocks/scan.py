@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .state import split_block_output
+
 __all__ = ["DIRECTIONS", "SCHEDULES", "ScanPermuter", "ScanPlan", "Scanned"]
 
 DIRECTIONS = ("forward", "backward", "column_forward", "column_backward")
@@ -30,11 +32,12 @@ SCHEDULES = {
 }
 
 
-def _as_spans(spans: Tensor | Sequence[Sequence[int]], device: torch.device | str | None) -> Tensor:
+def _as_spans(spans: Tensor | Sequence[Sequence[int]]) -> Tensor:
+    """The spans as a CPU int64 tensor: the plan is computed on the host (layout metadata, no device reads)."""
     if isinstance(spans, Tensor):
-        t = spans.to(device=device, dtype=torch.long)
+        t = spans.to(device="cpu", dtype=torch.long)
     else:
-        t = torch.tensor([list(s) for s in spans], dtype=torch.long, device=device).reshape(-1, 4)
+        t = torch.tensor([list(s) for s in spans], dtype=torch.long).reshape(-1, 4)
     if t.dim() != 2 or t.shape[1] != 4:
         raise ValueError(f"spans must be [N, 4] rows (sample, start, height, width), got shape {tuple(t.shape)}")
     return t
@@ -63,7 +66,9 @@ class ScanPermuter:
     def __init__(self, schedule: str | Sequence[str] = "bi") -> None:
         if isinstance(schedule, str):
             if schedule not in SCHEDULES:
-                raise ValueError(f"schedule must be one of {sorted(SCHEDULES)} or a list of directions, got {schedule!r}")
+                raise ValueError(
+                    f"schedule must be one of {sorted(SCHEDULES)} or a list of directions, got {schedule!r}"
+                )
             directions = SCHEDULES[schedule]
         else:
             directions = tuple(schedule)
@@ -91,12 +96,13 @@ class ScanPermuter:
                 occupy positions ``start .. start + height*width - 1`` of sample ``sample``, in raster
                 order. Any number of images per sample; CLS and text are simply not in a span.
             batch_size, seq_len: The ``[B, T]`` of the sequences the plan will permute.
-            device: Where the indices live (that of the activations).
+            device: Where the indices live (that of the activations). The plan is computed on the CPU
+                and copied there once, so a CUDA forward never waits on it; pass CPU spans.
 
         Raises:
             ValueError: a span outside the sequence, an empty grid, or overlapping spans.
         """
-        return ScanPlan(self, _as_spans(spans, device), batch_size, seq_len, device)
+        return ScanPlan(self, _as_spans(spans), batch_size, seq_len, device)
 
     def __repr__(self) -> str:
         return f"ScanPermuter({self.schedule!r}: {', '.join(self.directions)})"
@@ -132,7 +138,7 @@ class ScanPlan:
         n, hh, ww = sizes[span_of], h[span_of], w[span_of]
         rows = sample[span_of]
         dest = start[span_of] + j
-        covered = torch.zeros(batch_size, seq_len, dtype=torch.long, device=spans.device)
+        covered = torch.zeros(batch_size, seq_len, dtype=torch.long)
         covered.index_put_((rows, dest), torch.ones_like(dest), accumulate=True)
         if (covered > 1).any():
             raise ValueError(f"image spans overlap: {spans.tolist()}")
@@ -142,7 +148,7 @@ class ScanPlan:
             "column_forward": (j % hh) * ww + j // hh,  # j-th in column-major order = raster index
             "column_backward": ((n - 1 - j) % hh) * ww + (n - 1 - j) // hh,
         }
-        identity = torch.arange(seq_len, device=spans.device).expand(batch_size, seq_len)
+        identity = torch.arange(seq_len).expand(batch_size, seq_len)
         self._gather: dict[str, tuple[Tensor, Tensor] | None] = {}
         for direction in set(permuter.directions):
             if direction == "forward" or not spans.numel():
@@ -153,7 +159,7 @@ class ScanPlan:
             index[rows, dest] = src  # permuted[t] = x[index[t]]
             inverse = identity.clone()
             inverse[rows, src] = dest
-            self._gather[direction] = (index, inverse)
+            self._gather[direction] = (index.to(device), inverse.to(device))
 
     def _index(self, x: Tensor, layer_idx: int, which: int) -> Tensor:
         if x.shape[:2] != (self.batch_size, self.seq_len):
@@ -174,9 +180,16 @@ class ScanPlan:
         """Undo ``permute``: back to raster order."""
         return self._index(x, layer_idx, 1)
 
-    def apply(self, block: Callable[..., tuple[Tensor, Any]], x: Tensor, state: Any, layer_idx: int, **kwargs):
-        """``block`` run in the scan order of layer ``layer_idx``: returns ``(y in raster order, state)``."""
-        y, state = block(self.permute(x, layer_idx), state, **kwargs)
+    def apply(self, block: Callable[..., Any], x: Tensor, state: Any, layer_idx: int, **kwargs) -> tuple[Tensor, Any]:
+        """``block`` run in the scan order of layer ``layer_idx``: returns ``(y in raster order, state)``.
+
+        ``block(x, state, **kwargs)`` may return ``(y, state)`` or a bare ``y`` (a stateless block: the state
+        returned is then ``None``).
+
+        Raises:
+            ValueError: the block returned something else.
+        """
+        y, state = split_block_output(block(self.permute(x, layer_idx), state, **kwargs), f"block {layer_idx}")
         return self.unpermute(y, layer_idx), state
 
 

@@ -1,15 +1,44 @@
-"""Recurrent state of an RWKV stack: per layer the two token-shift vectors and the WKV matrix."""
+"""Recurrent state: the protocol every block of a stack follows, and ``RWKVState``, the state of a stack.
+
+The state protocol. A block ``block(x [B, T, C], state) -> (y, new_state)`` (or a bare ``y`` when it keeps
+no state) declares its own state:
+
+- ``init_state(batch_size, device=None)`` returns the state before the first token (zeros, an empty KV
+  cache...). A block without ``init_state`` starts from ``None``.
+- What it holds: a tensor, ``None``, or a tuple / ``NamedTuple`` of those (nested freely), **every tensor
+  with the batch on dim 0**. That one convention is how a state is indexed per sample, joined along the
+  batch and moved (``select_state``, ``cat_states``, ``move_state``); a ``NamedTuple`` class may list in
+  ``KEEP_DTYPE`` the fields whose dtype never changes (the fp32 WKV matrix).
+- Optionally ``check_state(state, batch_size)``: raise ``ValueError`` naming a field of the wrong shape
+  (shape arithmetic only, so it never reads the device).
+
+Blocks whose ``forward`` has a ``context`` parameter also receive the per-forward context: one dict the
+stack creates per call and hands from block to block, for values a later layer reads from an earlier one
+(RWKV-7's ``v_first``, the value of layer 0).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import inspect
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
-__all__ = ["KVCache", "LayerState", "RWKVState"]
+__all__ = [
+    "KVCache",
+    "RWKVBlockState",
+    "RWKVState",
+    "TimeMixState",
+    "cat_states",
+    "move_state",
+    "select_state",
+    "split_block_output",
+    "state_batch_size",
+    "takes_context",
+]
 
 
 class KVCache(NamedTuple):
@@ -23,14 +52,28 @@ class KVCache(NamedTuple):
     v: Tensor
 
 
-class LayerState(NamedTuple):
-    """State of one RWKV block.
+class TimeMixState(NamedTuple):
+    """State of a ``TimeMix``.
+
+    Shapes:
+        shift: `[B, C]`, the last input (model dtype).
+        wkv: `[B, H, K, V]` fp32 (fp64 for fp64 models), key index first.
+    """
+
+    shift: Tensor
+    wkv: Tensor
+
+    KEEP_DTYPE = ("wkv",)
+
+
+class RWKVBlockState(NamedTuple):
+    """State of one ``RWKVBlock``.
 
     Shapes:
         att_shift: `[B, C]`, the last ln1 output (model dtype).
         wkv: `[B, H, K, V]` fp32 (fp64 for fp64 models), key index first.
         ffn_shift: `[B, C]`, the last ln2 output (model dtype).
-        kv: the ``KVCache`` of the block's ``TinyAttention`` (hybrid models), else ``None``.
+        kv: the ``KVCache`` of the block's ``PreNormTinyAttention`` (hybrid models), else ``None``.
     """
 
     att_shift: Tensor
@@ -38,44 +81,126 @@ class LayerState(NamedTuple):
     ffn_shift: Tensor
     kv: KVCache | None = None
 
+    KEEP_DTYPE = ("wkv",)
+
+
+def _is_namedtuple(x: Any) -> bool:
+    return isinstance(x, tuple) and hasattr(type(x), "_fields")
+
+
+def _rebuild(template: tuple, items: list) -> tuple:
+    return type(template)(*items) if _is_namedtuple(template) else tuple(items)
+
+
+def _map(fn: Callable[[Tensor, bool], Tensor], state: Any, keep: bool = False) -> Any:
+    """Apply ``fn(tensor, keep_dtype)`` to every tensor of ``state``; the structure is kept."""
+    if state is None:
+        return None
+    if isinstance(state, Tensor):
+        return fn(state, keep)
+    if isinstance(state, tuple):
+        kept = set(getattr(type(state), "KEEP_DTYPE", ())) if _is_namedtuple(state) else set()
+        names = state._fields if _is_namedtuple(state) else (None,) * len(state)
+        return _rebuild(state, [_map(fn, item, keep or name in kept) for name, item in zip(names, state)])
+    raise ValueError(f"a block state holds tensors, None and tuples of them; got {type(state).__name__}")
+
+
+def _tensors(state: Any) -> Iterator[Tensor]:
+    if isinstance(state, Tensor):
+        yield state
+    elif isinstance(state, tuple):
+        for item in state:
+            yield from _tensors(item)
+
+
+def state_batch_size(state: Any) -> int | None:
+    """The batch size of a block state (dim 0 of its first tensor), ``None`` if it holds no tensor."""
+    first = next(_tensors(state), None)
+    return None if first is None else first.shape[0]
+
+
+def select_state(state: Any, index: Any) -> Any:
+    """The samples ``index`` (slice, index tensor or list) of a block state."""
+    return _map(lambda t, keep: t[index], state)
+
+
+def move_state(state: Any, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Any:
+    """``state`` on ``device``; ``dtype`` applies to floating tensors except ``KEEP_DTYPE`` fields."""
+
+    def move(t: Tensor, keep: bool) -> Tensor:
+        cast = dtype if dtype is not None and t.is_floating_point() and not keep else None
+        return t.to(device=device, dtype=cast)
+
+    return _map(move, state)
+
+
+def cat_states(states: Sequence[Any], where: str = "state") -> Any:
+    """Join block states of one structure along the batch.
+
+    Raises:
+        ValueError: the structures differ (``None`` in one, a tensor in another...) or the shapes beyond
+            the batch do not match (e.g. KV caches of different lengths); the message names the field.
+    """
+    first = states[0]
+    if all(s is None for s in states):
+        return None
+    if any(s is None for s in states) or len({type(s) for s in states}) != 1:
+        raise ValueError(f"cannot join {where}: it is None or of another kind in some states")
+    if isinstance(first, Tensor):
+        shapes = {tuple(s.shape[1:]) for s in states}
+        if len(shapes) != 1:
+            raise ValueError(f"cannot join {where}: shapes beyond the batch differ: {sorted(shapes)}")
+        return torch.cat(list(states), 0)
+    if isinstance(first, tuple):
+        if len({len(s) for s in states}) != 1:
+            raise ValueError(f"cannot join {where}: tuples of different lengths")
+        names = first._fields if _is_namedtuple(first) else [str(i) for i in range(len(first))]
+        items = [cat_states([s[i] for s in states], f"{where}.{n}") for i, n in enumerate(names)]
+        return _rebuild(first, items)
+    raise ValueError(f"a block state holds tensors, None and tuples of them; got {type(first).__name__}")
+
+
+def split_block_output(out: Any, owner: str = "block") -> tuple[Tensor, Any]:
+    """``(y, state)`` from what a block returned: a bare tensor (no state) or a ``(y, state)`` pair.
+
+    Raises:
+        ValueError: anything else (a tuple of another length, a tuple whose first item is not a tensor).
+    """
+    if isinstance(out, Tensor):
+        return out, None
+    if isinstance(out, tuple) and len(out) == 2 and isinstance(out[0], Tensor):
+        return out[0], out[1]
+    kind = f"a tuple of {len(out)}" if isinstance(out, tuple) else type(out).__name__
+    raise ValueError(f"{owner} must return a tensor y or a pair (y, state), got {kind}")
+
+
+def takes_context(module: torch.nn.Module) -> bool:
+    """Whether ``module.forward`` declares a ``context`` parameter (the per-forward context of a stack)."""
+    try:
+        return "context" in inspect.signature(module.forward).parameters
+    except (TypeError, ValueError):  # builtins without a signature
+        return False
+
 
 @dataclass(frozen=True)
 class RWKVState:
-    """The state of a whole stack, one ``LayerState`` per block; immutable, cheap to pass around.
+    """The state of a whole stack, one block state per block; immutable, cheap to pass around.
 
-    Models return a new ``RWKVState`` and never modify the one they were given, so a state can be
-    kept to branch from (e.g. a shared prompt prefix) without cloning.
+    Models return a new ``RWKVState`` and never modify the one they were given, so a state can be kept to
+    branch from (e.g. a shared prompt prefix) without cloning. Each entry is whatever its block declares
+    (``RWKVBlockState`` for ``RWKVBlock``, a tensor for a GRU, a ``KVCache`` for attention, ``None`` for a
+    stateless block); see the module docstring for the protocol.
 
     Example:
         >>> import torch
-        >>> s = RWKVState.zeros(num_layers=2, batch_size=3, dim=8, num_heads=2, head_dim=4)
+        >>> from rwkvblocks import ChannelMix, RWKVBlock, TimeMix
+        >>> block = RWKVBlock(TimeMix.rwkv6(8, head_dim=4), ChannelMix.rwkv6(8), dim=8)
+        >>> s = RWKVState((block.init_state(3), block.init_state(3)))
         >>> s[1:].batch_size, s.wkv(0).shape
         (2, torch.Size([3, 2, 4, 4]))
     """
 
-    layers: tuple[LayerState, ...]
-
-    @classmethod
-    def zeros(
-        cls,
-        *,
-        num_layers: int,
-        batch_size: int,
-        dim: int,
-        num_heads: int,
-        head_dim: int,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> RWKVState:
-        """The start state (all zeros). ``dtype`` is the shift dtype; WKV is fp32 (fp64 for fp64)."""
-        dtype = dtype or torch.get_default_dtype()
-        acc = torch.float64 if dtype == torch.float64 else torch.float32
-        layer = lambda: LayerState(  # noqa: E731
-            torch.zeros(batch_size, dim, device=device, dtype=dtype),
-            torch.zeros(batch_size, num_heads, head_dim, head_dim, device=device, dtype=acc),
-            torch.zeros(batch_size, dim, device=device, dtype=dtype),
-        )
-        return cls(tuple(layer() for _ in range(num_layers)))
+    layers: tuple[Any, ...]
 
     @classmethod
     def cat(cls, states: Sequence[RWKVState]) -> RWKVState:
@@ -85,16 +210,7 @@ class RWKVState:
         depths = {s.num_layers for s in states}
         if len(depths) != 1:
             raise ValueError(f"cannot join states with different layer counts: {sorted(depths)}")
-        layers = []
-        for parts in zip(*(s.layers for s in states)):
-            caches = [p.kv for p in parts]
-            if any(c is None for c in caches) and not all(c is None for c in caches):
-                raise ValueError("cannot join states where only some carry an attention KV cache")
-            if caches[0] is not None and len({c.k.shape[2] for c in caches}) != 1:
-                raise ValueError("cannot join attention KV caches of different lengths")
-            kv = None if caches[0] is None else KVCache(*(torch.cat(t, 0) for t in zip(*caches)))
-            layers.append(LayerState(*(torch.cat(t, 0) for t in zip(*(p[:3] for p in parts))), kv))
-        return cls(tuple(layers))
+        return cls(tuple(cat_states(parts, f"layer {i}") for i, parts in enumerate(zip(*(s.layers for s in states)))))
 
     @property
     def num_layers(self) -> int:
@@ -102,16 +218,25 @@ class RWKVState:
 
     @property
     def batch_size(self) -> int:
-        return self.layers[0].wkv.shape[0]
+        for layer in self.layers:
+            n = state_batch_size(layer)
+            if n is not None:
+                return n
+        raise ValueError("this state holds no tensor, so it has no batch size")
 
     @property
     def device(self) -> torch.device:
-        return self.layers[0].wkv.device
+        for layer in self.layers:
+            t = next(_tensors(layer), None)
+            if t is not None:
+                return t.device
+        raise ValueError("this state holds no tensor, so it has no device")
 
     def wkv(self, layer_idx: int) -> Tensor:
+        """The WKV matrix of layer ``layer_idx`` (a block whose state has a ``wkv`` field)."""
         return self.layers[layer_idx].wkv
 
-    def __iter__(self) -> Iterator[LayerState]:
+    def __iter__(self) -> Iterator[Any]:
         return iter(self.layers)
 
     def __getitem__(self, index: int | slice | Tensor | Sequence[int]) -> RWKVState:
@@ -121,32 +246,15 @@ class RWKVState:
             if not -n <= index < n:
                 raise IndexError(f"sample {index} out of range for a state of batch size {n}")
             index = slice(index, index + 1 if index != -1 else None)
-        return self._map(lambda t: t[index])
+        return RWKVState(tuple(select_state(layer, index) for layer in self.layers))
 
     def clone(self) -> RWKVState:
-        return self._map(torch.clone)
+        return RWKVState(tuple(_map(lambda t, keep: t.clone(), layer) for layer in self.layers))
 
     def detach(self) -> RWKVState:
         """Cut the autograd graph (truncated backpropagation through time)."""
-        return self._map(Tensor.detach)
+        return RWKVState(tuple(_map(lambda t, keep: t.detach(), layer) for layer in self.layers))
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> RWKVState:
         """Move to ``device``; ``dtype`` applies to shifts and KV caches (WKV stays fp32/fp64)."""
-        return RWKVState(
-            tuple(
-                LayerState(
-                    layer.att_shift.to(device=device, dtype=dtype),
-                    layer.wkv.to(device=device),
-                    layer.ffn_shift.to(device=device, dtype=dtype),
-                    None if layer.kv is None else KVCache(*(t.to(device=device, dtype=dtype) for t in layer.kv)),
-                )
-                for layer in self.layers
-            )
-        )
-
-    def _map(self, fn) -> RWKVState:
-        def one(layer: LayerState) -> LayerState:
-            kv = None if layer.kv is None else KVCache(*(fn(t) for t in layer.kv))
-            return LayerState(*(fn(t) for t in layer[:3]), kv)
-
-        return RWKVState(tuple(one(layer) for layer in self.layers))
+        return RWKVState(tuple(move_state(layer, device, dtype) for layer in self.layers))

@@ -12,8 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._init import channel_ramp, fill_, layer_ratios, orthogonal_
+from ._init import TIME_MIX_RAMPS, decay_ramp, fill_, layer_ratios, orthogonal_, reset_injected, uniform_
 from .ops import wkv5, wkv6
+from .state import TimeMixState
 from .token_shift import DataDependentTokenShift, TokenShift
 
 __all__ = ["DataDependentDecay", "StaticDecay", "TimeMix"]
@@ -42,6 +43,11 @@ class StaticDecay(nn.Module):
         super().__init__()
         self.num_heads, self.head_dim = num_heads, head_dim
         self.time_decay = nn.Parameter(torch.full((num_heads, head_dim), -1.0, device=device, dtype=dtype))
+
+    @torch.no_grad()
+    def reset_parameters(self, layer_idx: int, num_layers: int) -> None:
+        """``time_decay[n] = -6 + 5 (n / (C - 1)) ** (0.7 + 1.3 r0)`` over the ``C = H * K`` channels."""
+        fill_(self.time_decay, decay_ramp(self.num_heads * self.head_dim, layer_idx, num_layers))
 
     def forward(self, x_w: Tensor | None = None) -> Tensor:
         return -torch.exp(self.time_decay.to(_accumulation(self.time_decay.dtype)))
@@ -80,6 +86,13 @@ class DataDependentDecay(nn.Module):
         self.lora_a = nn.Parameter(torch.zeros(dim, rank, **kw))
         self.lora_b = nn.Parameter(torch.zeros(rank, dim, **kw))
 
+    @torch.no_grad()
+    def reset_parameters(self, layer_idx: int, num_layers: int) -> None:
+        """The static ramp of ``StaticDecay`` for ``time_decay``; ``lora_a = 0``, ``lora_b ~ U(+-0.01)``."""
+        fill_(self.time_decay, decay_ramp(self.dim, layer_idx, num_layers))
+        fill_(self.lora_a, torch.zeros(self.lora_a.shape, dtype=torch.float64))
+        uniform_(self.lora_b, 0.01)
+
     def forward(self, x_w: Tensor | None = None) -> Tensor:
         if x_w is None:
             raise ValueError("DataDependentDecay needs the token-shifted input x_w")
@@ -100,19 +113,21 @@ class TimeMix(nn.Module):
         dim: Channels ``C``.
         num_heads: Heads ``H``; the head size is ``C / H`` (64 in released models).
         token_shift: Produces the mixed inputs; its ``names`` must contain ``k, v, r, g`` and,
-            for a data-dependent decay, ``w``.
+            for a data-dependent decay, ``w``. ``reset_parameters`` calls its
+            ``reset_parameters(layer_idx, num_layers)``.
         decay: ``StaticDecay`` (RWKV-5, runs ``ops.wkv5``) or ``DataDependentDecay``
-            (RWKV-6, runs ``ops.wkv6``), or any module with the same contract.
+            (RWKV-6, runs ``ops.wkv6``), or any module with the same contract (and, for
+            ``reset_parameters``, a ``reset_parameters(layer_idx, num_layers)`` of its own).
         layer_idx, num_layers: Position in the stack; used only by ``reset_parameters``.
         device, dtype: Of the parameters.
 
     Shapes:
-        forward(x `[B, T, C]`, state ``(shift [B, C], wkv [B, H, K, K] fp32)`` or ``None``)
-        -> (y `[B, T, C]`, new state). The same call runs a whole sequence (parallel, through
-        the chunked WKV) or one token at a time with the carried state (recurrent).
+        forward(x `[B, T, C]`, state ``TimeMixState(shift [B, C], wkv [B, H, K, K] fp32)`` or ``None``)
+        -> (y `[B, T, C]`, new ``TimeMixState``). The same call runs a whole sequence (parallel,
+        through the chunked WKV) or one token at a time with the carried state (recurrent).
 
     Reference: BlinkDL RWKV-LM x052 / x060 (DESIGN.md §4); checked against the ``rwkv``
-    package in ``tests/test_lm_parity.py``. Backends: those of ``ops.wkv6``.
+    package in ``tests/assemblies/test_rwkv_parity.py``. Backends: those of ``ops.wkv6``.
 
     Example:
         >>> import torch
@@ -174,7 +189,9 @@ class TimeMix(nn.Module):
         module = cls(
             dim,
             num_heads=num_heads,
-            token_shift=DataDependentTokenShift(dim, names=("w", "k", "v", "r", "g"), rank=mix_rank, **kw),
+            token_shift=DataDependentTokenShift(
+                dim, names=("w", "k", "v", "r", "g"), rank=mix_rank, ramps=TIME_MIX_RAMPS, **kw
+            ),
             decay=DataDependentDecay(dim, num_heads, rank=decay_rank, **kw),
             layer_idx=layer_idx,
             num_layers=num_layers,
@@ -200,7 +217,7 @@ class TimeMix(nn.Module):
         module = cls(
             dim,
             num_heads=num_heads,
-            token_shift=TokenShift(dim, names=("k", "v", "r", "g"), form="lerp", **kw),
+            token_shift=TokenShift(dim, names=("k", "v", "r", "g"), form="lerp", ramps=TIME_MIX_RAMPS, **kw),
             decay=StaticDecay(num_heads, dim // num_heads, **kw),
             layer_idx=layer_idx,
             num_layers=num_layers,
@@ -211,36 +228,17 @@ class TimeMix(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        """BlinkDL's from-scratch initialisation (DESIGN.md §4) for the x052/x060 submodules."""
+        """BlinkDL's from-scratch initialisation (DESIGN.md §4), the injected parts' included.
+
+        Raises:
+            ValueError: the token shift or decay has no ``reset_parameters(layer_idx, num_layers)``.
+        """
         C, L, i = self.dim, self.num_layers, self.layer_idx
-        r0, r1 = layer_ratios(i, L)
-        ddd = channel_ramp(C)
+        r0, _ = layer_ratios(i, L)
         n = torch.arange(C, dtype=torch.float64)
-        decay = -6 + 5 * (n / max(C - 1, 1)) ** (0.7 + 1.3 * r0)
-        bonus = r0 * (1 - n / max(C - 1, 1)) + 0.1 * ((n + 1) % 3 - 1)
-        fill_(self.time_faaaa, bonus)
-        # 'maa' mixes store 1 - (the 'lerp' value); the ramps are the same.
-        ramps = {
-            "w": ddd**r1,
-            "k": ddd**r1,
-            "v": ddd**r1 + 0.3 * r0,
-            "r": ddd ** (0.5 * r1),
-            "g": ddd ** (0.5 * r1),
-        }
-        shift = self.token_shift
-        if isinstance(shift, (TokenShift, DataDependentTokenShift)):
-            lerp = isinstance(shift, TokenShift) and shift.form == "lerp"
-            mix = torch.stack([ramps[name] if lerp else 1 - ramps[name] for name in shift.names])
-            fill_(shift.mix, mix)
-        if isinstance(shift, DataDependentTokenShift):
-            fill_(shift.mix_x, 1 - ddd**r1)
-            fill_(shift.lora_a, torch.zeros(shift.lora_a.shape, dtype=torch.float64))
-            _uniform_(shift.lora_b, 0.01)
-        if isinstance(self.decay, (StaticDecay, DataDependentDecay)):
-            fill_(self.decay.time_decay, decay)
-        if isinstance(self.decay, DataDependentDecay):
-            fill_(self.decay.lora_a, torch.zeros(self.decay.lora_a.shape, dtype=torch.float64))
-            _uniform_(self.decay.lora_b, 0.01)
+        fill_(self.time_faaaa, r0 * (1 - n / max(C - 1, 1)) + 0.1 * ((n + 1) % 3 - 1))
+        reset_injected(self, "token_shift", i, L)
+        reset_injected(self, "decay", i, L)
         for linear, gain in (
             (self.receptance, 1.0),
             (self.key, 0.1),
@@ -252,9 +250,23 @@ class TimeMix(nn.Module):
         fill_(self.ln_x.weight, torch.full((C,), ((1 + i) / L) ** 0.7, dtype=torch.float64))
         fill_(self.ln_x.bias, torch.zeros(C, dtype=torch.float64))
 
-    def forward(
-        self, x: Tensor, state: tuple[Tensor, Tensor] | None = None
-    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    def init_state(self, batch_size: int, device: torch.device | str | None = None) -> TimeMixState:
+        """Zeros: the shift `[B, C]` in the parameters' dtype, the WKV `[B, H, K, K]` in fp32 (fp64)."""
+        dtype = self.receptance.weight.dtype
+        device = self.receptance.weight.device if device is None else device
+        H, K = self.num_heads, self.head_dim
+        return TimeMixState(
+            torch.zeros(batch_size, self.dim, device=device, dtype=dtype),
+            torch.zeros(batch_size, H, K, K, device=device, dtype=_accumulation(dtype)),
+        )
+
+    def check_state(self, state: TimeMixState, batch_size: int) -> None:
+        """Raise ``ValueError`` naming a field of ``state`` whose shape does not fit (no device access)."""
+        H, K = self.num_heads, self.head_dim
+        _check_shape("shift", state[0], (batch_size, self.dim))
+        _check_shape("wkv", state[1], (batch_size, H, K, K))
+
+    def forward(self, x: Tensor, state: TimeMixState | None = None) -> tuple[Tensor, TimeMixState]:
         if x.dim() != 3 or x.shape[-1] != self.dim:
             raise ValueError(f"TimeMix: x must have shape [B, T, {self.dim}], got {tuple(x.shape)}")
         shift_state, wkv_state = (None, None) if state is None else state
@@ -274,7 +286,7 @@ class TimeMix(nn.Module):
         norm = self.ln_x
         y = F.group_norm(y.reshape(B * T, C).to(acc), H, norm.weight.to(acc), norm.bias.to(acc), norm.eps)
         y = y.view(B, T, C).to(x.dtype) * g
-        return self.output(y), (new_shift, new_wkv)
+        return self.output(y), TimeMixState(new_shift, new_wkv)
 
     def extra_repr(self) -> str:
         return f"{self.dim}, num_heads={self.num_heads}, layer_idx={self.layer_idx}"
@@ -285,13 +297,13 @@ def _accumulation(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def _check_shape(name: str, t: Tensor, want: tuple[int, ...]) -> None:
+    if tuple(t.shape) != want:
+        dims = ", ".join(map(str, want[1:]))
+        raise ValueError(f"state.{name} must have shape [B, {dims}] with B = {want[0]}, got {tuple(t.shape)}")
+
+
 def _heads(dim: int, head_dim: int) -> int:
     if head_dim <= 0 or dim % head_dim:
         raise ValueError(f"dim={dim} must be a positive multiple of head_dim={head_dim}")
     return dim // head_dim
-
-
-@torch.no_grad()
-def _uniform_(param: Tensor, bound: float) -> None:
-    if not param.is_meta:
-        param.uniform_(-bound, bound)

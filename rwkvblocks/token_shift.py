@@ -15,11 +15,13 @@ The exact formulas and initialisation follow DESIGN.md §4 (BlinkDL x052 / x060)
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Literal
 
 import torch
 from torch import Tensor, nn
+
+from ._init import fill_, mix_ramp, uniform_
 
 __all__ = ["DataDependentTokenShift", "TokenShift", "shift_tokens"]
 
@@ -41,9 +43,7 @@ def _check(x: Tensor, state: Tensor | None, dim: int, owner: str) -> None:
     if x.dim() != 3 or x.shape[-1] != dim:
         raise ValueError(f"{owner}: x must have shape [B, T, {dim}], got {tuple(x.shape)}")
     if state is not None and state.shape != (x.shape[0], dim):
-        raise ValueError(
-            f"{owner}: state must have shape [B, C] = [{x.shape[0]}, {dim}], got {tuple(state.shape)}"
-        )
+        raise ValueError(f"{owner}: state must have shape [B, C] = [{x.shape[0]}, {dim}], got {tuple(state.shape)}")
 
 
 def _check_names(names: Sequence[str]) -> tuple[str, ...]:
@@ -51,6 +51,17 @@ def _check_names(names: Sequence[str]) -> tuple[str, ...]:
     if not names or len(set(names)) != len(names):
         raise ValueError(f"names must be a non-empty sequence of distinct names, got {names!r}")
     return names
+
+
+def _ramps(names: tuple[str, ...], ramps: Mapping[str, tuple[float, float]] | None) -> dict[str, tuple[float, float]]:
+    """The ``(p, q)`` of each output; a table may cover more names than this shift produces."""
+    ramps = dict(ramps or {})
+    return {n: tuple(ramps.get(n, (1.0, 0.0))) for n in names}
+
+
+def _lerp_ramps(module, layer_idx: int, num_layers: int) -> Tensor:
+    """`[N, C]` fp64: the "lerp" form of every output's from-scratch mix."""
+    return torch.stack([mix_ramp(module.dim, layer_idx, num_layers, *module.ramps[n]) for n in module.names])
 
 
 class TokenShift(nn.Module):
@@ -62,6 +73,9 @@ class TokenShift(nn.Module):
         form: ``"maa"`` (RWKV-6: ``x + (x_prev - x) * mix``) or ``"lerp"`` (RWKV-5:
             ``x * mix + x_prev * (1 - mix)``). The two differ only in how ``mix`` is stored,
             so that checkpoints load without rounding.
+        ramps: Per output name ``(p, q)`` of BlinkDL's from-scratch mix ``ddd ** (p * r1) + q * r0``
+            (``reset_parameters``); names left out get ``(1, 0)``. ``TimeMix`` passes
+            ``TIME_MIX_RAMPS``; channel mixing uses the default.
         device, dtype: Of the parameters.
 
     Shapes:
@@ -82,6 +96,7 @@ class TokenShift(nn.Module):
         *,
         names: Sequence[str],
         form: Literal["maa", "lerp"] = "maa",
+        ramps: Mapping[str, tuple[float, float]] | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -91,7 +106,14 @@ class TokenShift(nn.Module):
         self.dim = dim
         self.names = _check_names(names)
         self.form = form
+        self.ramps = _ramps(self.names, ramps)
         self.mix = nn.Parameter(torch.full((len(self.names), dim), 0.5, device=device, dtype=dtype))
+
+    @torch.no_grad()
+    def reset_parameters(self, layer_idx: int, num_layers: int) -> None:
+        """BlinkDL's from-scratch mixes for layer ``layer_idx`` of ``num_layers`` (DESIGN.md §4)."""
+        lerp = _lerp_ramps(self, layer_idx, num_layers)
+        fill_(self.mix, lerp if self.form == "lerp" else 1 - lerp)
 
     def forward(self, x: Tensor, state: Tensor | None = None) -> tuple[tuple[Tensor, ...], Tensor]:
         _check(x, state, self.dim, type(self).__name__)
@@ -114,6 +136,7 @@ class DataDependentTokenShift(nn.Module):
         dim: Channels ``C``.
         names: Mixed outputs in checkpoint order (x060 time mixing: ``("w", "k", "v", "r", "g")``).
         rank: LoRA rank ``Dm`` per output (32 in released models, 64 at C = 4096).
+        ramps: From-scratch mixes per name, as for ``TokenShift``.
         device, dtype: Of the parameters.
 
     Shapes:
@@ -128,6 +151,7 @@ class DataDependentTokenShift(nn.Module):
         *,
         names: Sequence[str] = ("w", "k", "v", "r", "g"),
         rank: int = 32,
+        ramps: Mapping[str, tuple[float, float]] | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -135,12 +159,22 @@ class DataDependentTokenShift(nn.Module):
         self.dim = dim
         self.names = _check_names(names)
         self.rank = rank
+        self.ramps = _ramps(self.names, ramps)
         n = len(self.names)
         kw = {"device": device, "dtype": dtype}
         self.mix_x = nn.Parameter(torch.full((dim,), 0.5, **kw))
         self.mix = nn.Parameter(torch.full((n, dim), 0.5, **kw))
         self.lora_a = nn.Parameter(torch.zeros(dim, n * rank, **kw))
         self.lora_b = nn.Parameter(torch.zeros(n, rank, dim, **kw))
+
+    @torch.no_grad()
+    def reset_parameters(self, layer_idx: int, num_layers: int) -> None:
+        """BlinkDL's x060 init: ``mix_x = 1 - ddd ** r1``, mixes from ``ramps``, ``lora_a = 0``,
+        ``lora_b ~ U(+-0.01)`` (DESIGN.md §4)."""
+        fill_(self.mix, 1 - _lerp_ramps(self, layer_idx, num_layers))
+        fill_(self.mix_x, 1 - mix_ramp(self.dim, layer_idx, num_layers, 1.0, 0.0))
+        fill_(self.lora_a, torch.zeros(self.lora_a.shape, dtype=torch.float64))
+        uniform_(self.lora_b, 0.01)
 
     def forward(self, x: Tensor, state: Tensor | None = None) -> tuple[tuple[Tensor, ...], Tensor]:
         _check(x, state, self.dim, type(self).__name__)

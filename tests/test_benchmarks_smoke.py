@@ -35,9 +35,23 @@ def test_wkv_benchmark_memory_probe(capsys):
 def test_lm_benchmark_runs_against_the_reference(tmp_path, capsys):
     bench = _load("lm")
     results = bench.main(
-        ["--layers", "1", "--dim", "64", "--vocab", "100", "--T", "12", "--decode-tokens", "2",
-         "--repeats", "1", "--out", str(tmp_path)]
-    )  # fmt: skip
+        [
+            "--layers",
+            "1",
+            "--dim",
+            "64",
+            "--vocab",
+            "100",
+            "--T",
+            "12",
+            "--decode-tokens",
+            "2",
+            "--repeats",
+            "1",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     out = capsys.readouterr().out
     assert "| rwkvblocks |" in out and "| rwkv 0.8.32 |" in out
     assert results["max_abs_diff"] < 1e-4  # both sides ran the same checkpoint

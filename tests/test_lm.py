@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from assemblies import RWKVConfig, build_rwkv_lm, load_rwkv_lm
+from assemblies import RWKVConfig, build_rwkv_lm, load_blinkdl
 from rwkvblocks import RWKVState
 from tests.blinkdl import blinkdl_state_dict
 from tests.helpers import spread_weights_
@@ -103,8 +103,8 @@ def test_bf16_weights_run_in_bf16_close_to_fp32(tmp_path):
     torch.save(blinkdl_state_dict("x060", vocab_size=300, dim=128, num_layers=3, head_dim=32, seed=3), path)
     tokens = _tokens(2, 40)
     tokens = tokens % 300
-    ref = load_rwkv_lm(path, dtype=torch.float32)
-    low = load_rwkv_lm(path, dtype=torch.bfloat16)
+    ref = load_blinkdl(path, dtype=torch.float32)
+    low = load_blinkdl(path, dtype=torch.bfloat16)
     assert all(p.dtype == torch.bfloat16 for p in low.parameters())
     with torch.no_grad():
         want, _ = ref(tokens)
@@ -119,10 +119,12 @@ def test_bf16_weights_run_in_bf16_close_to_fp32(tmp_path):
     assert all(layer.att_shift.dtype == torch.bfloat16 for layer in state)
 
     def rel_rms(a, b):
-        return ((a.float() - b) .pow(2).mean().sqrt() / b.pow(2).mean().sqrt()).item()
+        return ((a.float() - b).pow(2).mean().sqrt() / b.pow(2).mean().sqrt()).item()
 
-    assert rel_rms(got, want) < 3e-2
-    assert rel_rms(torch.cat(rows, 1), want[:, :8]) < 3e-2
+    # measured over checkpoint seeds 0-4: 1.50e-2 to 1.66e-2 in parallel, 1.27e-2 to 1.69e-2 token by token
+    # (mostly the rounding of the weights to bf16); the limit leaves a 1.2x margin
+    assert rel_rms(got, want) < 2e-2
+    assert rel_rms(torch.cat(rows, 1), want[:, :8]) < 2e-2
 
 
 def test_decode_layout_changes_nothing_observable():
@@ -141,8 +143,10 @@ def test_decode_layout_changes_nothing_observable():
 
 
 def test_state_object():
-    s = RWKVState.zeros(num_layers=2, batch_size=3, dim=8, num_heads=2, head_dim=4, dtype=torch.bfloat16)
+    cfg = RWKVConfig("x060", vocab_size=11, dim=8, num_layers=2, head_dim=4, ffn_dim=32, mix_rank=2, decay_rank=2)
+    s = build_rwkv_lm(cfg, dtype=torch.bfloat16).init_state(3)  # every block's init_state
     assert s.batch_size == 3 and s.num_layers == 2
+    assert all(torch.equal(t, torch.zeros_like(t)) for layer in s for t in layer[:3])
     assert s.wkv(0).dtype == torch.float32 and s.layers[0].att_shift.dtype == torch.bfloat16
     s = RWKVState(tuple(type(layer)(*(torch.randn_like(t) for t in layer[:3])) for layer in s))
     assert s[1].batch_size == 1 and s[-1].batch_size == 1 and s[0:2].batch_size == 2

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from assemblies import RWKVConfig, build_rwkv_lm
-from rwkvblocks import ChannelMix, RWKVBlock, ScanPermuter, Scanned, TimeMix
+from rwkvblocks import ChannelMix, RWKVBlock, Scanned, ScanPermuter, TimeMix
 from rwkvblocks.scan import DIRECTIONS
 from tests.helpers import spread_weights_
 

@@ -21,7 +21,9 @@ def _gram(w):
 
 
 def test_rwkv6_time_mix_init_follows_design():
-    att = TimeMix.rwkv6(C, head_dim=HEAD, mix_rank=4, decay_rank=8, layer_idx=LAYER, num_layers=LAYERS, dtype=torch.float64)
+    att = TimeMix.rwkv6(
+        C, head_dim=HEAD, mix_rank=4, decay_rank=8, layer_idx=LAYER, num_layers=LAYERS, dtype=torch.float64
+    )
     shift, decay = att.token_shift, att.decay
     torch.testing.assert_close(shift.mix_x, 1 - DDD**R1)
     expected = {
@@ -104,7 +106,11 @@ def test_block_parallel_equals_recurrent_and_split(version):
 @pytest.mark.parametrize("version", ["rwkv5", "rwkv6"])
 def test_time_mix_gradcheck(version):
     torch.manual_seed(0)
-    att = getattr(TimeMix, version)(8, head_dim=4, mix_rank=2, decay_rank=2, dtype=torch.float64) if version == "rwkv6" else TimeMix.rwkv5(8, head_dim=4, dtype=torch.float64)
+    att = (
+        getattr(TimeMix, version)(8, head_dim=4, mix_rank=2, decay_rank=2, dtype=torch.float64)
+        if version == "rwkv6"
+        else TimeMix.rwkv5(8, head_dim=4, dtype=torch.float64)
+    )
     with torch.no_grad():
         for p in att.parameters():
             p.add_(torch.randn_like(p) * 0.3)

@@ -7,16 +7,26 @@ import math
 import pytest
 import torch
 
-from rwkvblocks import BackendUnavailableError, ChannelMix, RWKVBlock, RWKVState, TimeMix, TinyAttention
+from rwkvblocks import (
+    BackendUnavailableError,
+    ChannelMix,
+    PreNormTinyAttention,
+    RWKVBlock,
+    RWKVState,
+    TimeMix,
+    TinyAttention,
+)
 from rwkvblocks.ops.attention import attention_dispatcher, causal_attention
 
 F64 = {"dtype": torch.float64}
 
 
 def _oracle(att: TinyAttention, x: torch.Tensor) -> torch.Tensor:
-    """Per query: softmax over the keys up to it, written out with loops."""
+    """Per query: softmax over the keys up to it, written out with loops; pre-norm and residual for
+    ``PreNormTinyAttention``."""
     B, T, _ = x.shape
-    n = torch.nn.functional.layer_norm(x, (att.dim,), att.tiny_ln.weight, att.tiny_ln.bias, 1e-5)
+    prenorm = isinstance(att, PreNormTinyAttention)
+    n = torch.nn.functional.layer_norm(x, (att.dim,), att.tiny_ln.weight, att.tiny_ln.bias, 1e-5) if prenorm else x
     q, k, v = n @ att.tiny_q.weight.T, n @ att.tiny_k.weight.T, n @ att.tiny_v.weight.T
     out = torch.zeros(B, T, att.attn_dim, dtype=x.dtype)
     D = att.head_dim
@@ -27,24 +37,39 @@ def _oracle(att: TinyAttention, x: torch.Tensor) -> torch.Tensor:
                 scores = torch.stack([q[b, t, cols] @ k[b, s, cols] / math.sqrt(D) for s in range(t + 1)])
                 weights = torch.softmax(scores, 0)
                 out[b, t, cols] = sum(weights[s] * v[b, s, cols] for s in range(t + 1))
-    return x + out @ att.tiny_o.weight.T
+    return (x if prenorm else 0) + out @ att.tiny_o.weight.T
 
 
-def _attention(seed=0, **kw):
+def _attention(seed=0, cls=PreNormTinyAttention, **kw):
     torch.manual_seed(seed)
-    att = TinyAttention(48, head_dim=16, **kw, **F64)
+    att = cls(48, head_dim=16, **kw, **F64)
     with torch.no_grad():
         for p in att.parameters():
             p.normal_(0, 0.3)
     return att
 
 
-def test_matches_the_explicit_attention():
-    att = _attention()
+@pytest.mark.parametrize("cls", [TinyAttention, PreNormTinyAttention])
+def test_matches_the_explicit_attention(cls):
+    att = _attention(cls=cls)
     x = torch.randn(2, 7, 48, **F64)
     y, cache = att(x)
     torch.testing.assert_close(y, _oracle(att, x))
     assert cache.k.shape == (2, 3, 7, 16)
+
+
+def test_the_plain_attention_has_no_norm_and_no_residual():
+    plain = _attention(cls=TinyAttention)
+    assert not hasattr(plain, "tiny_ln")
+    x = torch.randn(1, 5, 48, **F64)
+    with torch.no_grad():
+        plain.tiny_o.weight.zero_()  # attention output 0: a residual would return x, the plain layer 0
+    assert torch.equal(plain(x)[0], torch.zeros_like(x))
+    wrapped = _attention(cls=PreNormTinyAttention)
+    with torch.no_grad():
+        wrapped.tiny_o.weight.zero_()
+    assert torch.equal(wrapped(x)[0], x)
+    assert plain.init_state(2).k.shape == (2, 3, 0, 16)
 
 
 def test_kv_cache_token_by_token_equals_the_full_causal_pass():
@@ -91,7 +116,10 @@ def test_hybrid_block_parallel_equals_recurrent_and_keeps_upstream_names():
         **F64,
     )
     names = {k for k in block.state_dict() if k.startswith("tiny_att.")}
-    assert names == {f"tiny_att.{n}" for n in ("tiny_ln.weight", "tiny_ln.bias", "tiny_q.weight", "tiny_k.weight", "tiny_v.weight", "tiny_o.weight")}
+    assert names == {
+        f"tiny_att.{n}"
+        for n in ("tiny_ln.weight", "tiny_ln.bias", "tiny_q.weight", "tiny_k.weight", "tiny_v.weight", "tiny_o.weight")
+    }
     x = torch.randn(2, 9, 48, **F64)
     whole, state = block(x)
     rows, s = [], None

@@ -1,11 +1,17 @@
-"""Functional kernels (no ``nn.Module``): the WKV operator and its backends.
+"""Functional kernels (no ``nn.Module``): the WKV operator, causal attention, weighted cross entropy.
 
-Each op has one checked, dispatching entry point (``wkv6``, ``wkv5``) and named
-implementations (``wkv6_reference``, ``wkv6_chunked``, ``wkv6_triton_chunk``,
-``wkv6_triton_recurrent``) that skip the checks.
+Each op has one checked, dispatching entry point (``wkv6``, ``wkv5``, ``causal_attention``,
+``weighted_cross_entropy``) that calls one ``torch.library`` custom op (``torch.ops.rwkvblocks.*``, fake
+kernels and autograd included), so ``torch.compile(fullgraph=True)`` and CUDA graphs see a single node;
+its backend is chosen inside the op from metadata. Checks that read values follow ``check_values``.
+The named WKV implementations (``wkv6_reference``, ``wkv6_chunked``, ``wkv6_triton_chunk``,
+``wkv6_triton_recurrent``) skip the checks and the dispatch.
 """
 
+from ._checks import check_values
 from ._dispatch import Backend, BackendUnavailableError, Dispatcher
+from .attention import attention_dispatcher, causal_attention
+from .cross_entropy import cross_entropy_dispatcher, weighted_cross_entropy
 from .wkv import (
     WKVInputs,
     wkv5,
@@ -22,6 +28,11 @@ __all__ = [
     "BackendUnavailableError",
     "Dispatcher",
     "WKVInputs",
+    "attention_dispatcher",
+    "causal_attention",
+    "check_values",
+    "cross_entropy_dispatcher",
+    "weighted_cross_entropy",
     "wkv5",
     "wkv6",
     "wkv6_chunked",

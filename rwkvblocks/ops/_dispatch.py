@@ -2,9 +2,14 @@
 
 Each backend has a name, a cheap cached availability probe, ``unsupported_reasons(inputs)``
 and ``run``. Selection order: an explicit ``backend=`` argument, then the op's environment
-variable, then the first registered backend that reports no reasons (``auto_reasons`` included). An explicitly requested
-backend (argument or variable) that cannot run the input raises with its reasons; it is never
-silently swapped for another.
+variable, then the first registered backend that reports no reasons (``auto_reasons`` included).
+An explicitly requested backend (argument or variable) that cannot run the input raises with its
+reasons; it is never silently swapped for another.
+
+Every op is one ``torch.library`` custom op whose real kernel, fake kernel and autograd context each
+ask the dispatcher which backend runs the call (``Dispatcher.resolve``): selection reads only
+metadata (shapes, dtypes, devices, flags), so all three agree, and under ``torch.compile`` the choice
+is made while tracing without ever looking at a value.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +44,11 @@ class Backend:
         auto_reasons: Why automatic selection should pass over an input this backend can run
             (it still runs it when requested by name), e.g. a Triton kernel on CPU tensors
             under the interpreter.
+        backward: The backend's gradient, called by the op's registered backward with the forward's
+            inputs, what ``run`` saved and the output cotangents (arguments are op-specific);
+            ``None`` for a forward-only backend.
+        residual: Shape and dtype of the tensor that ``run`` saves for ``backward``, from the inputs'
+            metadata alone (the op's fake kernel allocates it); ``None``: it saves an empty tensor.
     """
 
     name: str
@@ -47,6 +57,8 @@ class Backend:
     probe: Callable[[], str | None] = field(default=lambda: None)
     description: str = ""
     auto_reasons: Callable[[Any], list[str]] = field(default=lambda inputs: [])
+    backward: Callable[..., Any] | None = None
+    residual: Callable[[Any], tuple[tuple[int, ...], Any]] | None = None
 
     def availability(self) -> str | None:
         """Why this backend is unavailable here (cached), or ``None`` when it is available."""
@@ -77,7 +89,11 @@ class Dispatcher:
         backends: Backends in order of preference; the last should always accept.
         prefer: Optional heuristic: given the inputs, names of backends to try before the
             registration order (e.g. a step-by-step kernel for one-token decoding).
+        context: Optional: whatever else the backends' reasons depend on (e.g. whether Triton runs
+            under its interpreter), as a hashable value; part of the key ``resolve`` remembers by.
     """
+
+    _RESOLVED_MAX = 1024  # distinct input metadata remembered; cleared when full
 
     def __init__(
         self,
@@ -85,12 +101,15 @@ class Dispatcher:
         env_var: str,
         backends: Sequence[Backend] = (),
         prefer: Callable[[Any], Sequence[str]] | None = None,
+        context: Callable[[], Hashable] | None = None,
     ):
         self.op = op
         self.env_var = env_var
         self.prefer = prefer
+        self.context = context
         self._backends: list[Backend] = list(backends)
         self._logged: set[tuple[str, str]] = set()
+        self._resolved: dict[Hashable, Backend] = {}
 
     @property
     def backends(self) -> tuple[Backend, ...]:
@@ -100,6 +119,7 @@ class Dispatcher:
         """Add ``backend``, at the end or just before the backend named ``before``."""
         if any(b.name == backend.name for b in self._backends):
             raise ValueError(f"{self.op}: a backend named {backend.name!r} is already registered")
+        self._resolved.clear()
         if before is None:
             self._backends.append(backend)
             return
@@ -130,8 +150,7 @@ class Dispatcher:
             reasons = chosen.reasons(inputs)
             if reasons:
                 raise BackendUnavailableError(
-                    f"{self.op}: backend {chosen.name!r} (from {source}) cannot run this input: "
-                    + "; ".join(reasons)
+                    f"{self.op}: backend {chosen.name!r} (from {source}) cannot run this input: " + "; ".join(reasons)
                 )
             return chosen
         all_reasons = []
@@ -147,3 +166,26 @@ class Dispatcher:
                 return b
             all_reasons.append(f"{b.name}: " + "; ".join(reasons))
         raise BackendUnavailableError(f"{self.op}: no backend can run this input: " + " | ".join(all_reasons))
+
+    def resolve(self, inputs: Any, backend: str | None = None, *, device_key: str = "") -> Backend:
+        """``select``, remembered per inputs, requested name, environment variable and ``context``.
+
+        The op's real kernel, its fake kernel and its autograd context each call this for one call of
+        the op: the same metadata always gets the same backend, and repeated calls skip the reasons.
+        Inputs that do not hash (symbolic shapes under ``torch.compile(dynamic=True)``) are selected
+        afresh each time, the comparisons on their sizes becoming guards of the compiled graph.
+
+        Raises:
+            BackendUnavailableError, ValueError: as ``select``.
+        """
+        key = (inputs, backend, os.environ.get(self.env_var) or None, self.context() if self.context else None)
+        try:
+            chosen = self._resolved.get(key)
+        except TypeError:  # a SymInt among the sizes
+            return self.select(inputs, backend, device_key=device_key)
+        if chosen is None:
+            chosen = self.select(inputs, backend, device_key=device_key)
+            if len(self._resolved) >= self._RESOLVED_MAX:
+                self._resolved.clear()
+            self._resolved[key] = chosen
+        return chosen

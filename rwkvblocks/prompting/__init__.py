@@ -1,6 +1,6 @@
 """Prompt builders (image first / last / sandwich), chat template, labels, tokenizers and LLaVA data.
 
-- ``ImageFirstPrompt``, ``ImageLastPrompt``, ``SandwichPromptBuilder``: upstream VisualRWKV's chat
+- ``ImageFirstPromptBuilder``, ``ImageLastPromptBuilder``, ``SandwichPromptBuilder``: upstream VisualRWKV's chat
   format, turning a LLaVA conversation into token ids, labels and image span offsets (``Prompt``).
 - ``WorldTokenizer`` (RWKV World vocabulary), ``ByteTokenizer`` (257 ids, for demos) and the
   ``Tokenizer`` interface they share.
@@ -14,8 +14,8 @@ from .prompt import (
     IMAGE_PLACEHOLDER,
     SHORT_ANSWER_PHRASE,
     ConversationError,
-    ImageFirstPrompt,
-    ImageLastPrompt,
+    ImageFirstPromptBuilder,
+    ImageLastPromptBuilder,
     Prompt,
     PromptBuilder,
     SandwichPromptBuilder,
@@ -29,8 +29,8 @@ __all__ = [
     "ConversationError",
     "IGNORE_INDEX",
     "IMAGE_PLACEHOLDER",
-    "ImageFirstPrompt",
-    "ImageLastPrompt",
+    "ImageFirstPromptBuilder",
+    "ImageLastPromptBuilder",
     "LLaVACollator",
     "LLaVADataset",
     "LLaVASample",

@@ -84,11 +84,7 @@ class LLaVASample:
 def _to_uint8_tensor(image) -> Tensor:
     """PIL RGB image → ``[3, H, W]`` uint8 tensor."""
     width, height = image.size
-    return (
-        torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
-        .view(height, width, 3)
-        .permute(2, 0, 1)
-    )
+    return torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).view(height, width, 3).permute(2, 0, 1)
 
 
 class LLaVADataset(Dataset):
@@ -98,7 +94,7 @@ class LLaVADataset(Dataset):
         data_file: a JSON array of samples (or JSON Lines).
         image_root: the folder the samples' ``"image"`` paths are relative to; may be None for a
             text-only file.
-        builder: the prompt builder, which fixes the training stage's prompt (``ImageFirstPrompt``
+        builder: the prompt builder, which fixes the training stage's prompt (``ImageFirstPromptBuilder``
             for alignment, ``SandwichPromptBuilder`` for instruction tuning) and the tokenizer.
         image_transform: PIL RGB image → tensor (the vision encoder's preprocessing); default: the
             raw pixels as a ``[3, H, W]`` uint8 tensor.
@@ -145,9 +141,7 @@ class LLaVADataset(Dataset):
         files = record.get("image")
         files = [] if files is None else [files] if isinstance(files, str) else files
         if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
-            raise _BadSample(
-                "malformed", f"'image' must be a path or a list of paths, got {record['image']!r:.80}"
-            )
+            raise _BadSample("malformed", f"'image' must be a path or a list of paths, got {record['image']!r:.80}")
         try:
             prompt = self.builder.build(record.get("conversations"))
         except ConversationError as exc:
@@ -155,8 +149,7 @@ class LLaVADataset(Dataset):
         if prompt.num_images != len(files):
             raise _BadSample(
                 "image_mismatch",
-                f"the conversation has {prompt.num_images} <image> placeholder(s) "
-                f"and {len(files)} image file(s)",
+                f"the conversation has {prompt.num_images} <image> placeholder(s) and {len(files)} image file(s)",
             )
         return LLaVASample(index, sample_id, prompt, [self.image_transform(self._load(f)) for f in files])
 
@@ -238,9 +231,7 @@ class LLaVACollator:
             labels[row, : len(lab)] = torch.tensor(lab, dtype=torch.long)
         shapes = {tuple(x.shape) for x in images}
         if len(shapes) > 1:
-            raise ValueError(
-                f"images in a batch must share one shape, got {sorted(shapes)}; pass an image_transform"
-            )
+            raise ValueError(f"images in a batch must share one shape, got {sorted(shapes)}; pass an image_transform")
         return {
             "input_ids": input_ids,
             "labels": labels,

@@ -6,7 +6,7 @@ Upstream VisualRWKV v6.0's chat format (DESIGN.md §8), exactly:
   inference the prompt ends with ``"Assistant:"``. No BOS, no system prompt.
 - Every message is stripped and its blank-line runs collapse to one ``"\\n"``. A message holding
   ``<image>`` loses the placeholder(s) first; the builder then puts the image back: before the message
-  (``ImageFirstPrompt``), after it (``ImageLastPrompt``), or between all of the conversation's human
+  (``ImageFirstPromptBuilder``), after it (``ImageLastPromptBuilder``), or between all of the conversation's human
   turns and the message (``SandwichPromptBuilder``).
 - Each turn is tokenized on its own, split at ``<image>``; the image spans sit between the pieces.
 - Labels (-100 = no loss) supervise only the assistant answers with their leading space and closing
@@ -30,8 +30,8 @@ __all__ = [
     "ConversationError",
     "IGNORE_INDEX",
     "IMAGE_PLACEHOLDER",
-    "ImageFirstPrompt",
-    "ImageLastPrompt",
+    "ImageFirstPromptBuilder",
+    "ImageLastPromptBuilder",
     "Prompt",
     "PromptBuilder",
     "SHORT_ANSWER_PHRASE",
@@ -174,7 +174,7 @@ class PromptBuilder(ABC):
         Example:
             >>> from rwkvblocks.prompting import ByteTokenizer
             >>> conv = [{"from": "human", "value": "<image>\\nHi"}, {"from": "gpt", "value": "Yo"}]
-            >>> p = ImageFirstPrompt(ByteTokenizer()).build(conv)
+            >>> p = ImageFirstPromptBuilder(ByteTokenizer()).build(conv)
             >>> p.text, p.image_offsets
             ('User: <image>\\nHi\\n\\nAssistant: Yo\\n\\n', [6])
         """
@@ -200,14 +200,14 @@ class PromptBuilder(ABC):
         return Prompt("".join(t for _, t in texts), ids, labels, offsets)
 
 
-class ImageFirstPrompt(PromptBuilder):
+class ImageFirstPromptBuilder(PromptBuilder):
     """Image before the message: ``"<image>\\n" + message`` (VisualRWKV-Base, training stage 1)."""
 
     def place_images(self, message, images, conversation):
         return images + "\n" + message
 
 
-class ImageLastPrompt(PromptBuilder):
+class ImageLastPromptBuilder(PromptBuilder):
     """Image after the message: ``message + "\\n<image>"``."""
 
     def place_images(self, message, images, conversation):
@@ -237,8 +237,8 @@ class SandwichPromptBuilder(PromptBuilder):
 
 
 _BUILDERS = {
-    "image_first": ImageFirstPrompt,
-    "image_last": ImageLastPrompt,
+    "image_first": ImageFirstPromptBuilder,
+    "image_last": ImageLastPromptBuilder,
     "sandwich": SandwichPromptBuilder,
 }
 
@@ -270,9 +270,7 @@ def _validated_turns(conversation: Sequence[Mapping], mode: Mode) -> list[tuple[
         role, value = turn["from"], turn["value"]
         role = role.lower() if isinstance(role, str) else role
         if role not in _ROLES:
-            raise ConversationError(
-                f"turn {i} is from {turn['from']!r}; expected 'human' or 'gpt'", "turn_order"
-            )
+            raise ConversationError(f"turn {i} is from {turn['from']!r}; expected 'human' or 'gpt'", "turn_order")
         if value is None and mode == "inference" and i == len(conversation) - 1 and role == "gpt":
             value = ""
         if not isinstance(value, str):

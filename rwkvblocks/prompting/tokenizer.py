@@ -153,9 +153,7 @@ class WorldTokenizer:
                 raise IndexError
             return b"".join([table[i] for i in ids])
         except (IndexError, TypeError):
-            bad = [
-                i for i in ids if not (isinstance(i, int) and 0 <= i < len(table) and table[i] is not None)
-            ]
+            bad = [i for i in ids if not (isinstance(i, int) and 0 <= i < len(table) and table[i] is not None)]
             raise ValueError(f"ids not in the World vocabulary: {bad[:5]}") from None
 
     def decode(self, ids: Sequence[int]) -> str:

@@ -4,18 +4,24 @@ Upstream VisualRWKV checkpoints carry their frozen CLIP tower in Hugging Face ``
 naming under ``vit.vision_model.*`` (DESIGN.md §5). ``hf_clip_vision_to_open_clip`` renames those
 tensors for an open_clip ``VisionTransformer`` and fuses the separate q, k, v projections into
 ``in_proj_weight`` / ``in_proj_bias`` (rows in q, k, v order, as ``nn.MultiheadAttention`` splits them).
+
+What the weights cannot say — the head count, the activation — lives in the tower's Hugging Face
+configuration (``config.json``); ``hf_clip_vision_cfg`` reads it into open_clip's ``vision_cfg`` terms.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
 
-__all__ = ["hf_clip_vision_to_open_clip", "load_state_dict_file"]
+__all__ = ["hf_clip_vision_cfg", "hf_clip_vision_to_open_clip", "load_state_dict_file"]
 
 _HF_CLS = "embeddings.class_embedding"
 _HF_LAYER = re.compile(r"encoder\.layers\.(\d+)\.(.+)")
@@ -43,6 +49,18 @@ _HF_BLOCK = {
 }
 _HF_QKV = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
 _HF_IGNORED = ("embeddings.position_ids",)  # a buffer older transformers versions saved
+# transformers' CLIPVisionConfig defaults: a saved config leaves out the values equal to them (nested configs
+# are written as a difference from the defaults), so a missing entry means the default
+_HF_VISION_DEFAULTS = {
+    "hidden_size": 768,
+    "intermediate_size": 3072,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "image_size": 224,
+    "patch_size": 32,
+    "hidden_act": "quick_gelu",
+}
+_HF_ACTIVATIONS = {"quick_gelu": True, "gelu": False}  # hidden_act -> open_clip's quick_gelu flag
 
 
 def load_state_dict_file(path: str | os.PathLike) -> dict[str, Tensor]:
@@ -129,3 +147,73 @@ def hf_clip_vision_to_open_clip(state_dict: dict[str, Tensor], *, prefix: str | 
                 raise ValueError(f"incomplete q/k/v projections: missing {missing}")
             out[f"transformer.resblocks.{i}.attn.in_proj_{kind}"] = torch.cat([parts[n] for n in names])
     return out
+
+
+def _read_config(config: str | os.PathLike | Mapping | Any) -> dict:
+    if isinstance(config, (str, os.PathLike)):
+        path = Path(config)
+        if path.is_dir():
+            path = path / "config.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"Hugging Face CLIP config not found: {path}")
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ValueError(f"cannot read {path} as a JSON config: {err}") from err
+    elif isinstance(config, Mapping):
+        data = config
+    elif callable(getattr(config, "to_dict", None)):  # a transformers CLIPConfig / CLIPVisionConfig
+        data = config.to_dict()
+    else:
+        raise ValueError(
+            f"expected a config.json path, its directory, a dict or a transformers config, got {type(config).__name__}"
+        )
+    if not isinstance(data, Mapping):
+        raise ValueError(f"a CLIP config must be a JSON object, got {type(data).__name__}")
+    return dict(data)
+
+
+def hf_clip_vision_cfg(config: str | os.PathLike | Mapping | Any) -> tuple[dict, bool]:
+    """open_clip ``vision_cfg`` entries and the activation of the tower a Hugging Face CLIP config describes.
+
+    The head count of a CLIP tower cannot be read from its weights (4 heads of 16 and 1 head of 64 have the
+    same tensors); this is where it is written down. Accepted: a ``CLIPVisionConfig`` (``model_type``
+    ``"clip_vision_model"``, ``num_attention_heads`` at the top level), or a config that nests one under
+    ``vision_config`` (``CLIPConfig``, LLaVA). Entries a saved config leaves out take transformers'
+    ``CLIPVisionConfig`` defaults, as ``from_pretrained`` would.
+
+    Args:
+        config: A ``config.json`` path or the model directory holding it (what upstream VisualRWKV's
+            ``--vision_tower_name`` names), the parsed JSON, or a transformers config object.
+
+    Returns:
+        ``({"width", "layers", "head_width", "patch_size", "image_size", "mlp_ratio"}, quick_gelu)``.
+
+    Raises:
+        FileNotFoundError: no such file (or no ``config.json`` in the directory).
+        ValueError: not a CLIP vision config, heads that do not divide the width, or an activation open_clip
+            lacks (``hidden_act`` other than ``"quick_gelu"`` / ``"gelu"``).
+    """
+    data = _read_config(config)
+    if any(k in data for k in ("vision_config", "vision_config_dict")) or data.get("model_type") == "clip":
+        vision = {**(data.get("vision_config") or {}), **(data.get("vision_config_dict") or {})}
+    else:
+        vision = data
+    kind = vision.get("model_type", "clip_vision_model")
+    if kind != "clip_vision_model":
+        raise ValueError(f"expected a CLIP vision config (model_type 'clip_vision_model'), got model_type {kind!r}")
+    v = {**_HF_VISION_DEFAULTS, **{k: vision[k] for k in _HF_VISION_DEFAULTS if vision.get(k) is not None}}
+    width, heads = v["hidden_size"], v["num_attention_heads"]
+    if not (isinstance(heads, int) and heads > 0 and isinstance(width, int) and width % heads == 0):
+        raise ValueError(f"num_attention_heads={heads!r} must be a positive divisor of hidden_size={width!r}")
+    if v["hidden_act"] not in _HF_ACTIVATIONS:
+        raise ValueError(f"hidden_act={v['hidden_act']!r}: open_clip towers have {sorted(_HF_ACTIVATIONS)}")
+    shape = {
+        "width": width,
+        "layers": v["num_hidden_layers"],
+        "head_width": width // heads,
+        "patch_size": v["patch_size"],
+        "image_size": v["image_size"],
+        "mlp_ratio": v["intermediate_size"] / width,
+    }
+    return shape, _HF_ACTIVATIONS[v["hidden_act"]]

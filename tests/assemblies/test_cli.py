@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from assemblies import from_pretrained
+from assemblies import VisualRWKV
 from assemblies.cli import main
 from tests.assemblies.upstream import upstream_state_dict
 
@@ -15,7 +15,7 @@ def test_convert_upstream_to_a_pretrained_directory(tmp_path, capsys):
     assert main(["convert", str(src), str(tmp_path / "out"), "--dtype", "bf16"]) == 0
     out = capsys.readouterr().out
     assert "x060, 2 layers, C=64" in out and "model.safetensors" in out
-    model = from_pretrained(tmp_path / "out")
+    model = VisualRWKV.from_pretrained(tmp_path / "out")
     assert model.lm.emb.weight.dtype == torch.bfloat16
     assert model.encoder.visual.conv1.weight.dtype == torch.bfloat16
 
@@ -35,8 +35,11 @@ def test_list_and_info(capsys):
     assert "wkv6" in capsys.readouterr().out
 
 
-def test_demo_runs_end_to_end(tmp_path, capsys):
-    assert main(["demo", "--steps", "3", "--out", str(tmp_path)]) == 0
+def test_demo_runs_end_to_end_and_fails_below_the_pass_mark(tmp_path, capsys):
+    record = tmp_path / "demo.md"
+    # 3 steps cannot learn the colours: the run completes, and exits 1 because accuracy is below the mark
+    assert main(["demo", "--steps", "3", "--out", str(tmp_path), "--record", str(record)]) == 1
     out = capsys.readouterr().out
-    assert "| stage instruction |" in out and "same answers" in out
+    assert "| stage instruction |" in out and "same answers" in out and "below the pass mark of 30" in out
     assert (tmp_path / "checkpoint" / "model.safetensors").is_file()
+    assert "correct colours" in record.read_text()

@@ -7,8 +7,9 @@ import os
 import pytest
 import torch
 
-import assemblies.rwkv_lm as rwkv_lm
-from assemblies import RWKVConfig, build_rwkv_lm, infer_rwkv_config, load_rwkv_lm, save_rwkv_lm
+import assemblies.models.formats.blinkdl as rwkv_lm
+from assemblies import RWKVConfig, build_rwkv_lm, load_blinkdl, save_blinkdl
+from assemblies.models.formats.blinkdl import infer_rwkv_config
 from tests.blinkdl import blinkdl_state_dict
 
 
@@ -33,9 +34,9 @@ def test_load_then_save_reproduces_the_file(tmp_path, version, dtype):
     original = blinkdl_state_dict(version, dim=64, num_layers=2, head_dim=32, mix_rank=8, decay_rank=16, dtype=dtype)
     src, dst = tmp_path / "in.pth", tmp_path / "out.pth"
     torch.save(original, src)
-    model = load_rwkv_lm(src)
+    model = load_blinkdl(src)
     assert model.emb.weight.dtype == dtype and not model.training
-    save_rwkv_lm(model, dst)
+    save_blinkdl(model, dst)
     again = torch.load(dst, weights_only=True)
     assert set(again) == set(original)
     for key, tensor in original.items():
@@ -47,7 +48,7 @@ def test_load_then_save_reproduces_the_file(tmp_path, version, dtype):
 def test_load_options_and_config_json_round_trip(tmp_path):
     path = tmp_path / "m.pth"
     torch.save(blinkdl_state_dict("x060", dim=64, num_layers=2, head_dim=32, mix_rank=8, decay_rank=16), path)
-    model = load_rwkv_lm(os.fspath(path), device="cpu", dtype=torch.float64)
+    model = load_blinkdl(os.fspath(path), device="cpu", dtype=torch.float64)
     assert {p.dtype for p in model.parameters()} == {torch.float64}
     cfg = infer_rwkv_config(torch.load(path, weights_only=True))
     assert RWKVConfig.from_dict(cfg.to_dict()) == cfg
@@ -64,7 +65,7 @@ def test_key_problems_are_all_named_in_one_error(tmp_path):
     path = tmp_path / "bad.pth"
     torch.save(sd, path)
     with pytest.raises(ValueError) as err:
-        load_rwkv_lm(path)
+        load_blinkdl(path)
     msg = str(err.value)
     assert "missing (2): blocks.1.att.gate.weight, ln_out.bias" in msg
     assert "unexpected (1): blocks.1.att.time_state" in msg
@@ -73,19 +74,19 @@ def test_key_problems_are_all_named_in_one_error(tmp_path):
 
 def test_unreadable_files_are_refused_clearly(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.pth"):
-        load_rwkv_lm(tmp_path / "nope.pth")
+        load_blinkdl(tmp_path / "nope.pth")
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"not a checkpoint at all")
     with pytest.raises(ValueError, match="garbage.pth"):
-        load_rwkv_lm(garbage)
+        load_blinkdl(garbage)
     listed = tmp_path / "list.pth"
     torch.save([torch.zeros(1)], listed)
     with pytest.raises(ValueError, match="expected a dict of tensors"):
-        load_rwkv_lm(listed)
+        load_blinkdl(listed)
     other = tmp_path / "other.pth"
     torch.save({"weight": torch.zeros(2, 2)}, other)
     with pytest.raises(ValueError, match="missing or malformed: emb.weight"):
-        load_rwkv_lm(other)
+        load_blinkdl(other)
 
 
 class _Payload:
@@ -97,7 +98,7 @@ def test_pickled_code_is_refused(tmp_path):
     path = tmp_path / "evil.pth"
     torch.save({"emb.weight": torch.zeros(2, 2), "x": _Payload()}, path)
     with pytest.raises(ValueError, match="weights_only"):
-        load_rwkv_lm(path)
+        load_blinkdl(path)
 
 
 def test_a_failed_save_leaves_the_old_file_intact(tmp_path, monkeypatch):
@@ -111,6 +112,6 @@ def test_a_failed_save_leaves_the_old_file_intact(tmp_path, monkeypatch):
 
     monkeypatch.setattr(rwkv_lm.torch, "save", broken_save)
     with pytest.raises(OSError, match="disk full"):
-        save_rwkv_lm(model, path)
+        save_blinkdl(model, path)
     assert path.read_bytes() == b"previous checkpoint"
     assert [p.name for p in tmp_path.iterdir()] == ["m.pth"]

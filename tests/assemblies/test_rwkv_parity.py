@@ -1,7 +1,7 @@
 """Parity with BlinkDL's models as run by the PyPI ``rwkv`` package (DESIGN.md §13).
 
 Each case writes a tiny random checkpoint in BlinkDL's format (tests/blinkdl.py, no rwkvblocks
-code), loads it with ``assemblies.load_rwkv_lm`` and compares, in fp32, within 1e-5 absolute:
+code), loads it with ``assemblies.load_blinkdl`` and compares, in fp32, within 1e-5 absolute:
 logits of a 40-token sequence run at once, logits of the same tokens fed one at a time with the
 carried state, and all three state tensors of every layer after both.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from assemblies import load_rwkv_lm
+from assemblies import load_blinkdl
 from tests.blinkdl import blinkdl_state_dict
 from tests.rwkv_reference import run_reference
 
@@ -38,14 +38,15 @@ def _assert_states(ours, theirs, num_layers):
     assert ours.num_layers == num_layers and len(theirs) == 3 * num_layers
     for i, layer in enumerate(ours.layers):
         for j, name in enumerate(("att_shift", "wkv", "ffn_shift")):
+            where = f"layer {i} {name}"
             torch.testing.assert_close(
-                getattr(layer, name)[0], theirs[3 * i + j], atol=ATOL, rtol=0, msg=lambda m: f"layer {i} {name}: {m}"
+                getattr(layer, name)[0], theirs[3 * i + j], atol=ATOL, rtol=0, msg=lambda m, w=where: f"{w}: {m}"
             )
 
 
 def test_parallel_matches_reference(case):
     kwargs, path, tokens = case
-    model = load_rwkv_lm(path)
+    model = load_blinkdl(path)
     with torch.no_grad():
         logits, state = model(torch.tensor([tokens]))
     ref_logits, ref_state = run_reference(path, tokens, one_by_one=False)
@@ -57,7 +58,7 @@ def test_parallel_matches_reference(case):
 
 def test_recurrent_matches_reference(case):
     kwargs, path, tokens = case
-    model = load_rwkv_lm(path)
+    model = load_blinkdl(path)
     rows, state = [], None
     with torch.no_grad():
         for token in tokens:
@@ -71,7 +72,7 @@ def test_recurrent_matches_reference(case):
 def test_wkv_state_is_not_trivial(case):
     """Guards the state comparisons: decays and the state must actually carry information."""
     _, path, tokens = case
-    model = load_rwkv_lm(path)
+    model = load_blinkdl(path)
     with torch.no_grad():
         _, state = model(torch.tensor([tokens]))
         _, half = model(torch.tensor([tokens[T // 2 :]]))
@@ -85,7 +86,7 @@ def _max_differences(name: str, directory) -> dict[str, float]:
     path = directory / "case.pth"
     torch.save(blinkdl_state_dict(**CASES[name], vocab_size=300, seed=len(name)), path)
     tokens = torch.randint(0, 300, (T,), generator=torch.Generator().manual_seed(7)).tolist()
-    model = load_rwkv_lm(path)
+    model = load_blinkdl(path)
     fields = ("att_shift", "wkv", "ffn_shift")
 
     def state_diff(ours, theirs):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -9,15 +10,18 @@ import torch
 
 from assemblies import (
     ABLATIONS,
+    DataConfig,
+    VisualRWKV,
     VisualRWKVConfig,
     configure_stage,
     create_assembly,
-    from_pretrained,
     get_assembly_config,
     list_assemblies,
-    load_upstream,
-    save_pretrained,
 )
+from assemblies.training import make_dataset
+from rwkvblocks import BatchLevelCE, DataDependentDecay, PreNormTinyAttention, SampleLevelCE, StaticDecay
+from rwkvblocks.prompting import ImageFirstPromptBuilder, ImageLastPromptBuilder, SandwichPromptBuilder
+from rwkvblocks.scan import SCHEDULES
 from tests.assemblies.upstream import upstream_state_dict
 from tests.helpers import spread_weights_
 
@@ -45,16 +49,21 @@ def test_paper_parameter_counts_on_meta(name, total, lm):
 def test_registry():
     names = list_assemblies()
     for required in (
-        "visualrwkv_1b6_clipl336", "visualrwkv_3b_clipl336", "visualrwkv_7b_clipl336",
-        "visualrwkv_base_1b6_clipl336", "visualrwkv_base_7b_clipl336",
-        "visualrwkv_hybrid_1b6_clipl336", "visualrwkv_hybrid_7b_clipl336", *FAMILIES,
-    ):  # fmt: skip
+        "visualrwkv_1b6_clipl336",
+        "visualrwkv_3b_clipl336",
+        "visualrwkv_7b_clipl336",
+        "visualrwkv_base_1b6_clipl336",
+        "visualrwkv_base_7b_clipl336",
+        "visualrwkv_hybrid_1b6_clipl336",
+        "visualrwkv_hybrid_7b_clipl336",
+        *FAMILIES,
+    ):
         assert required in names
     assert list_assemblies("*tiny") == sorted(FAMILIES)
-    hybrid = get_assembly_config("visualrwkv_hybrid_7b_clipl336")
+    hybrid = get_assembly_config("visualrwkv_hybrid_7b_clipl336").config
     assert hybrid.hybrid_layers == (31,) and hybrid.lm.version == "x052" and hybrid.scan == "uni"
-    v6 = get_assembly_config("visualrwkv_1b6_clipl336")
-    assert (v6.scan, v6.prompt, v6.encoder.cls, v6.loss) == ("bi", "sandwich", "last", "sample")
+    v6, data = get_assembly_config("visualrwkv_1b6_clipl336")
+    assert (v6.scan, data.prompt, v6.encoder.cls, data.loss) == ("bi", "sandwich", "last", "sample")
     with pytest.raises(ValueError, match="unknown assembly"):
         create_assembly("visualrwkv_9b")
     with pytest.raises(ValueError, match="unknown VisualRWKVConfig fields"):
@@ -65,20 +74,72 @@ def test_registry():
         create_assembly("visualrwkv_tiny", encoder={"grid": 3})
 
 
+_BUILDERS = {
+    "image_first": ImageFirstPromptBuilder,
+    "image_last": ImageLastPromptBuilder,
+    "sandwich": SandwichPromptBuilder,
+}
+_TOKENS = {
+    "577 (24x24 + CLS)": 577,
+    "1 (CLS only)": 1,
+    **{f"{g * g + 1} ({g}x{g} pooled + CLS)": g * g + 1 for g in (12, 8, 6, 4, 3, 2)},
+}
+
+
+def _prompt_used_by_the_data_pipeline(model, tmp_path) -> str:
+    """Build the data pipeline from the model's data configuration and read where it put the image."""
+    conv = [{"from": "human", "value": "<image>\nWhat is it?"}, {"from": "gpt", "value": "A cat."}]
+    data = tmp_path / "data.json"
+    data.write_text(json.dumps([{"id": "a", "conversations": conv}]))
+    dataset = make_dataset(model.data_config, data, None, image_transform=None)
+    builder = dataset.builder
+    text = builder.build(conv).text
+    assert type(builder) is _BUILDERS[model.data_config.prompt]
+    return {
+        "User: <image>\nWhat is it?\n\nAssistant: A cat.\n\n": "image_first",
+        "User: What is it?\n<image>\n\nAssistant: A cat.\n\n": "image_last",
+        "User: What is it?\n<image>\nWhat is it?\n\nAssistant: A cat.\n\n": "sandwich",
+    }[text]
+
+
 @pytest.mark.parametrize("table, knob, variant, preset, overrides", ABLATIONS, ids=[a[2] for a in ABLATIONS])
-def test_every_ablation_is_one_call(table, knob, variant, preset, overrides):
+def test_every_ablation_is_one_call_and_its_knob_takes_effect(table, knob, variant, preset, overrides, tmp_path):
     model = create_assembly(preset, device="meta", **overrides)
-    cfg = model.config
-    if "pool" in overrides.get("encoder", {}):
-        g = overrides["encoder"]["pool"]
-        assert model.image_tokens == g * g + 1
-    if overrides.get("encoder", {}).get("keep_patches") is False:
-        assert model.image_tokens == 1
-    if "hybrid_layers" in overrides:
-        assert model.lm.blocks[23].tiny_att is not None
-    if "lm" in overrides:
-        assert cfg.lm.version == overrides["lm"]["version"]
+    cfg, data = model.config, model.data_config
+    base, base_data = get_assembly_config(preset)
+    if knob == "recurrence":
+        version = overrides.get("lm", {}).get("version", base.lm.version)
+        decay = StaticDecay if version == "x052" else DataDependentDecay
+        assert all(isinstance(block.att.decay, decay) for block in model.lm.blocks)
+    elif knob == "prompt":
+        assert _prompt_used_by_the_data_pipeline(model, tmp_path) == overrides.get("prompt", base_data.prompt)
+    elif knob == "scan":
+        assert model.scan.directions == SCHEDULES[overrides.get("scan", base.scan)]
+        assert [model.scan.direction(i) for i in range(4)][: len(model.scan.directions)] == list(model.scan.directions)
+    elif knob == "image tokens":
+        assert model.image_tokens == _TOKENS[variant]
+    elif knob == "hybrid":
+        with_attention = [i for i, block in enumerate(model.lm.blocks) if block.tiny_att is not None]
+        assert with_attention == list(overrides["hybrid_layers"])
+        assert isinstance(model.lm.blocks[23].tiny_att, PreNormTinyAttention)
+    elif knob == "loss":
+        want = SampleLevelCE if overrides.get("loss", base_data.loss) == "sample" else BatchLevelCE
+        assert type(model.loss_fn) is want
+    else:
+        raise AssertionError(f"no check for the knob {knob!r}")
     assert VisualRWKVConfig.from_json(cfg.to_json()) == cfg
+    assert DataConfig.from_dict(json.loads(json.dumps(data.to_dict()))) == data
+
+
+def test_model_and_data_configurations_are_apart_and_hashable():
+    model_fields = {f.name for f in dataclasses.fields(VisualRWKVConfig)}
+    assert not model_fields & {"prompt", "context_length", "tokenizer", "loss", "l2wrap"}
+    cfg, data = get_assembly_config("visualrwkv_tiny")
+    assert hash(cfg) == hash(get_assembly_config("visualrwkv_tiny").config)  # options are hashable
+    assert hash(data) and cfg.encoder.options["vision_overrides"]["width"] == 64
+    changed = cfg.replace(encoder={"options": {"vision_overrides": {"head_width": 16}}})
+    assert changed.encoder.options["vision_overrides"]["width"] == 64  # merged, not replaced
+    assert changed.encoder.options["vision_overrides"]["head_width"] == 16
 
 
 def _model(name, seed=0):
@@ -150,10 +211,13 @@ def test_scan_schedule_changes_the_result_and_truncated_images_stay_raster():
     torch.testing.assert_close(truncated_bi[:1], truncated_uni[:1], atol=1e-10, rtol=0)
 
 
-@pytest.mark.parametrize("stage, trains", [
-    ("alignment", {"proj"}),
-    ("instruction", {"proj", "lm"}),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "stage, trains",
+    [
+        ("alignment", {"proj"}),
+        ("instruction", {"proj", "lm"}),
+    ],
+)
 def test_loss_reaches_exactly_the_trainable_parameters(stage, trains):
     model = _model("visualrwkv_hybrid_tiny")
     configure_stage(model, stage)
@@ -203,8 +267,8 @@ def test_upstream_checkpoint_round_trip(tmp_path, version, hybrid, tower):
     src = tmp_path / "upstream.pth"
     torch.save(upstream_state_dict(version, tower=tower, hybrid=hybrid), src)
     # a file without the tower: its encoder must be named (the tiny tower here; upstream's is ViT-L/14-336)
-    extra = {} if tower else {"encoder": {"options": get_assembly_config("visualrwkv_tiny").encoder.options}}
-    model = load_upstream(src, dtype=torch.float64, **extra)
+    extra = {} if tower else {"encoder": {"options": get_assembly_config("visualrwkv_tiny").config.encoder.options}}
+    model = VisualRWKV.from_upstream(src, dtype=torch.float64, **extra)
     cfg = model.config
     assert cfg.lm.version == version and cfg.lm.dim == 64 and cfg.lm.num_layers == 2
     assert cfg.hybrid_layers == ((1,) if hybrid else ())
@@ -218,13 +282,15 @@ def test_upstream_checkpoint_round_trip(tmp_path, version, hybrid, tower):
     ids, _, images, spans = _batch()
     with torch.no_grad():
         before = model(ids, None, images, spans).logits
-    save_pretrained(model, tmp_path / "converted")
-    again = from_pretrained(tmp_path / "converted")
+    model.save_pretrained(tmp_path / "converted")
+    again = VisualRWKV.from_pretrained(tmp_path / "converted")
     with torch.no_grad():
         after = again(ids, None, images, spans).logits
     # identical up to the last bits of fp64: MKL's results can depend on memory alignment
     torch.testing.assert_close(after, before, atol=1e-12, rtol=0)
-    assert json.loads((tmp_path / "converted" / "config.json").read_text())["lm"]["version"] == version
+    stored = json.loads((tmp_path / "converted" / "config.json").read_text())
+    assert stored["model"]["lm"]["version"] == version
+    assert stored["data"]["prompt"] == ("sandwich" if version == "x060" else "image_first")
 
 
 def test_upstream_wrong_shape_and_non_tensor_pickles_are_refused(tmp_path):
@@ -233,29 +299,32 @@ def test_upstream_wrong_shape_and_non_tensor_pickles_are_refused(tmp_path):
     bad = tmp_path / "bad.pth"
     torch.save(sd, bad)
     with pytest.raises(ValueError, match=r"blocks\.1\.att\.key\.weight: expected \[64, 64\], got \[64, 32\]"):
-        load_upstream(bad)
+        VisualRWKV.from_upstream(bad)
     sd = upstream_state_dict("x060", tower=False)
     sd["training_state"] = {"step": 3}
     odd = tmp_path / "odd.pth"
     torch.save(sd, odd)
     with pytest.raises(ValueError, match=r"only tensors; refusing entries: training_state \(dict\)"):
-        load_upstream(odd)
+        VisualRWKV.from_upstream(odd)
     sd = upstream_state_dict("x060", tower=True)
     sd["vit.vision_model.encoder.layers.0.mlp.fc1.weight"] = torch.zeros(256, 32)
     tower = tmp_path / "tower.pth"
     torch.save(sd, tower)
-    with pytest.raises(ValueError, match=r"encoder\.visual\.transformer\.resblocks\.0\.mlp\.c_fc\.weight: expected \[256, 64\], got \[256, 32\]"):
-        load_upstream(tower)
+    with pytest.raises(
+        ValueError,
+        match=r"encoder\.visual\.transformer\.resblocks\.0\.mlp\.c_fc\.weight: expected \[256, 64\], got \[256, 32\]",
+    ):
+        VisualRWKV.from_upstream(tower)
 
 
 def test_pretrained_without_encoder_weights(tmp_path):
     model = _model("visualrwkv_tiny")
     model.save_pretrained(tmp_path / "small", encoder_weights=False)
-    again = from_pretrained(tmp_path / "small")
+    again = VisualRWKV.from_pretrained(tmp_path / "small")
     lm_keys = [k for k in model.state_dict() if not k.startswith("encoder.")]
     assert all(torch.equal(model.state_dict()[k], again.state_dict()[k]) for k in lm_keys)
     with pytest.raises(FileNotFoundError, match="config.json"):
-        from_pretrained(tmp_path / "nowhere")
+        VisualRWKV.from_pretrained(tmp_path / "nowhere")
 
 
 def test_init_lm_starts_from_a_blinkdl_checkpoint(tmp_path):

@@ -1,4 +1,4 @@
-"""Backend dispatch and argument checking of the WKV entry points."""
+"""Backend dispatch and argument checking of the WKV entry points, and the rule for value checks."""
 
 from __future__ import annotations
 
@@ -6,9 +6,11 @@ import logging
 
 import pytest
 import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
 
-from rwkvblocks.ops import Backend, BackendUnavailableError, Dispatcher, wkv5, wkv6, wkv_dispatcher
+from rwkvblocks.ops import Backend, BackendUnavailableError, Dispatcher, check_values, wkv5, wkv6, wkv_dispatcher
 
+from .sync import forbid_host_reads
 from .wkv_oracle import make_case
 
 
@@ -133,3 +135,51 @@ def test_auto_reasons_skip_a_backend_only_in_automatic_selection():
     d = Dispatcher("toy", "RWKVBLOCKS_TOY_BACKEND", [only_by_name, Backend("anything", lambda x: "anything")])
     assert d.select(1).name == "anything"
     assert d.select(1, "by_name").name == "by_name"
+
+
+def test_resolve_remembers_and_follows_the_environment(monkeypatch):
+    calls = []
+    d = Dispatcher("toy", "RWKVBLOCKS_TOY_BACKEND", [Backend("a", lambda x: "a"), Backend("b", lambda x: "b")])
+    d.select = lambda inputs, backend=None, device_key="": calls.append(backend) or d.get(backend or "a")
+    assert d.resolve(1).name == "a" and d.resolve(1).name == "a" and calls == [None]
+    monkeypatch.setenv("RWKVBLOCKS_TOY_BACKEND", "b")
+    d.resolve(1)
+    assert len(calls) == 2  # a new variable value is a new key
+    d.register(Backend("c", lambda x: "c"))
+    d.resolve(1)
+    assert len(calls) == 3  # registration forgets what was resolved
+
+
+def test_check_values_rule():
+    cpu = torch.zeros(2)
+    assert check_values(cpu) and check_values(cpu, True) and not check_values(cpu, False)
+    meta = cpu.to("meta")
+    assert not check_values(meta) and not check_values(meta, True)  # no values to read
+    with FakeTensorMode():
+        assert not check_values(torch.zeros(2), True)
+    default = torch.compile(lambda x: x + 1 if check_values(x) else x - 1, fullgraph=True, backend="eager")
+    assert torch.equal(default(cpu), cpu - 1)  # never while compiling, unless asked
+    asked = torch.compile(lambda x: x + 1 if check_values(x, True) else x - 1, fullgraph=True, backend="eager")
+    assert torch.equal(asked(cpu), cpu + 1)
+
+
+def test_value_checks_follow_validate():
+    r, k, v, w, u, s = _case()
+    positive = w.abs() + 0.1
+    with pytest.raises(ValueError, match="must be <= 0"):
+        wkv6(r, k, v, positive, u, s, validate=True)
+    o, _ = wkv6(r, k, v, positive, u, s, validate=False)  # not checked: it runs
+    assert o.shape == v.shape
+    with pytest.raises(ValueError, match="must be <= 0"):
+        wkv5(r, k, v, torch.ones(2, 8), u, s, validate=True)
+    wkv5(r, k, v, torch.ones(2, 8), u, s, validate=False)
+
+
+def test_default_reads_values_on_cpu_and_validate_false_reads_none():
+    r, k, v, w, u, s = (x.requires_grad_() for x in _case(T=40))
+    with forbid_host_reads(), pytest.raises(AssertionError, match=r"Tensor.item\(\)"):
+        wkv6(r, k, v, w, u, s)  # by default a CPU input has its maximum log-decay read
+    with forbid_host_reads():
+        for backend in ("chunked", "reference"):
+            o, s1 = wkv6(r, k, v, w, u, s, validate=False, backend=backend)
+            (o.sum() + s1.sum()).backward()

@@ -24,7 +24,7 @@ TOL = {torch.float64: 1e-10, torch.float32: 1e-5, torch.bfloat16: 1e-2}
 NAMES = ("o", "state", "dr", "dk", "dv", "dw", "du", "dstate")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def oracle(B, T, H, K, strong, with_state, reverse, seed=0):
     """Inputs, cotangents, and the oracle's outputs and gradients (all fp64)."""
     r, k, v, w, u, s0 = make_case(B, T, H, K, strong=strong, with_state=with_state, seed=seed)

@@ -102,7 +102,13 @@ def _case_id(case):
     lengths, B, K, strong, with_state, reverse = case
     seqs = "packed" + "-".join(map(str, lengths)) if isinstance(lengths, tuple) else f"B{B}T{lengths}"
     return "-".join(
-        [seqs, f"K{K}", "decay30" if strong else "rwkv6", "state" if with_state else "nostate", "rev" if reverse else "fwd"]
+        [
+            seqs,
+            f"K{K}",
+            "decay30" if strong else "rwkv6",
+            "state" if with_state else "nostate",
+            "rev" if reverse else "fwd",
+        ]
     )
 
 
@@ -281,8 +287,10 @@ def test_gpu_triton_chunk_and_recurrent_packed(dtype):
     r, k, v, w, u, s0, cu = make_packed_case(lengths, 4, 64, strong=True, with_state=True, seed=3)
     inputs = tuple(x.cuda() for x in (r, k, v, w, u, s0))
     g = torch.Generator().manual_seed(9)
-    cot = (torch.randn(v.shape, generator=g, dtype=torch.float64).cuda(),
-           torch.randn(s0.shape, generator=g, dtype=torch.float64).cuda())  # fmt: skip
+    cot = (
+        torch.randn(v.shape, generator=g, dtype=torch.float64).cuda(),
+        torch.randn(s0.shape, generator=g, dtype=torch.float64).cuda(),
+    )
     for reverse in (False, True):
         want = _fp64_reference(inputs, cot, reverse, cu.cuda())
         got = run("triton_chunk", inputs + (cu,), cot, dtype, reverse)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rwkvblocks.ops import wkv5, wkv6
+from rwkvblocks.ops import wkv5, wkv6, wkv6_chunked
 
 from .wkv_oracle import make_case, make_packed_case, rel_err, wkv_loop_packed
 
@@ -17,14 +17,19 @@ LENGTHS = (1, 15, 0, 63, 100, 7)
 @pytest.mark.parametrize("with_state", [False, True], ids=["zero-state", "init-state"])
 def test_packed_matches_fp64_oracle_with_gradients(backend, reverse, with_state):
     r, k, v, w, u, s0, cu = make_packed_case(LENGTHS, 2, 16, strong=True, with_state=with_state, seed=1)
-    leaves = [x.clone().requires_grad_() for x in (r, k, v, w, u)] + ([s0.clone().requires_grad_()] if with_state else [])
+    leaves = [x.clone().requires_grad_() for x in (r, k, v, w, u)] + (
+        [s0.clone().requires_grad_()] if with_state else []
+    )
     o, s = wkv6(*leaves[:5], leaves[5] if with_state else None, reverse=reverse, cu_seqlens=cu, backend=backend)
     assert o.shape == v.shape and s.shape == (len(LENGTHS), 2, 16, 16)
     ref = [x.detach().clone().requires_grad_() for x in leaves]
     o_ref, s_ref = wkv_loop_packed(*ref[:5], ref[5] if with_state else None, cu, reverse=reverse)
     assert rel_err(o, o_ref) < 1e-10 and rel_err(s, s_ref) < 1e-10
     g = torch.Generator().manual_seed(2)
-    do, ds = torch.randn(o.shape, generator=g, dtype=torch.float64), torch.randn(s.shape, generator=g, dtype=torch.float64)
+    do, ds = (
+        torch.randn(o.shape, generator=g, dtype=torch.float64),
+        torch.randn(s.shape, generator=g, dtype=torch.float64),
+    )
     got = torch.autograd.grad((o * do).sum() + (s * ds).sum(), leaves)
     want = torch.autograd.grad((o_ref * do).sum() + (s_ref * ds).sum(), ref)
     for name, a, b in zip(("dr", "dk", "dv", "dw", "du", "dstate"), got, want):
@@ -80,3 +85,30 @@ def test_cu_seqlens_needs_batch_of_one_and_same_device():
     r, k, v, w, u, _ = (x.to("meta") if x is not None else None for x in make_case(1, 11, 2, 8))
     with pytest.raises(ValueError, match="cu_seqlens must be on meta"):
         wkv6(r, k, v, w, u, cu_seqlens=torch.tensor([0, 11]))
+
+
+def test_cu_seqlens_value_checks_follow_validate():
+    r, k, v, w, u, _ = make_case(1, 11, 2, 8)
+    short = torch.tensor([0, 5, 10])
+    with pytest.raises(ValueError, match="start at 0 and end at T=11"):
+        wkv6(r, k, v, w, u, cu_seqlens=short, validate=True)
+    _, s = wkv6(r, k, v, w, u, cu_seqlens=short, validate=False)  # not checked: it runs
+    assert s.shape == (2, 2, 8, 8)
+
+
+@pytest.mark.parametrize("chunk", [1, 4, 64])
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+def test_chunked_packed_keeps_each_sequence_in_its_own_state_slots(chunk, reverse):
+    """Sequence n's chunk states start at slot bos_n // L + n: no two sequences overlap at any L."""
+    r, k, v, w, u, s0, cu = make_packed_case((3, 0, 17, 1, 9), 2, 8, strong=True, with_state=True, seed=5)
+    leaves = [x.clone().requires_grad_() for x in (r, k, v, w, u, s0)]
+    o, s = wkv6_chunked(*leaves, reverse=reverse, chunk_size=chunk, cu_seqlens=cu)
+    ref = [x.detach().clone().requires_grad_() for x in leaves]
+    o_ref, s_ref = wkv_loop_packed(*ref, cu, reverse=reverse)
+    assert rel_err(o, o_ref) < 1e-10 and rel_err(s, s_ref) < 1e-10
+    g = torch.Generator().manual_seed(6)
+    do, ds = (torch.randn(x.shape, generator=g, dtype=torch.float64) for x in (o, s))
+    got = torch.autograd.grad((o * do).sum() + (s * ds).sum(), leaves)
+    want = torch.autograd.grad((o_ref * do).sum() + (s_ref * ds).sum(), ref)
+    for name, a, b in zip(("dr", "dk", "dv", "dw", "du", "dstate"), got, want):
+        assert rel_err(a, b) < 1e-10, name

@@ -20,10 +20,7 @@ def _load(name: str):
 def test_tokenizer_benchmark_runs_and_writes_table(tmp_path, capsys, reference_tokenizer):
     _load("tokenizer").main(["--mb", "0.02", "--repeats", "1", "--out", str(tmp_path)])
     out = capsys.readouterr().out
-    assert (
-        "| one string | rwkvblocks WorldTokenizer" in out
-        and "| one string | rwkv 0.8.32 TRIE_TOKENIZER" in out
-    )
+    assert "| one string | rwkvblocks WorldTokenizer" in out and "| one string | rwkv 0.8.32 TRIE_TOKENIZER" in out
     assert "| one string |" in (tmp_path / "tokenizer-cpu.md").read_text()
 
 

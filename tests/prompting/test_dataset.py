@@ -15,7 +15,7 @@ from rwkvblocks.prompting import (
     IGNORE_INDEX,
     BadSampleError,
     ByteTokenizer,
-    ImageFirstPrompt,
+    ImageFirstPromptBuilder,
     LLaVACollator,
     LLaVADataset,
     LLaVASample,
@@ -72,9 +72,7 @@ def test_records_read_back_across_tiny_blocks(tmp_path, monkeypatch, layout):
     records = [{"id": i, "v": "é世😀" * i + '"},{ ]', "n": [{"a": 1}, {"b": [2, {}]}]} for i in range(40)]
     path = tmp_path / "data.json"
     if layout == "jsonl":
-        path.write_text(
-            "\n".join(json.dumps(r, ensure_ascii=False) for r in records) + "\n", encoding="utf-8"
-        )
+        path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in records) + "\n", encoding="utf-8")
     elif layout == "bom":
         path.write_bytes(b"\xef\xbb\xbf" + json.dumps(records, ensure_ascii=False).encode("utf-8"))
     else:
@@ -107,7 +105,7 @@ def test_records_reject_malformed_files(tmp_path, text, message):
 
 
 def test_empty_array_is_an_empty_dataset(tmp_path):
-    assert len(LLaVADataset(write(tmp_path / "d.json", []), None, ImageFirstPrompt(ByteTokenizer()))) == 0
+    assert len(LLaVADataset(write(tmp_path / "d.json", []), None, ImageFirstPromptBuilder(ByteTokenizer()))) == 0
 
 
 # --- samples ----------------------------------------------------------------------------
@@ -124,7 +122,7 @@ class CountingTokenizer(ByteTokenizer):
 
 def test_only_requested_items_are_tokenized(tmp_path, image_root):
     tok = CountingTokenizer()
-    builder = ImageFirstPrompt(tok)
+    builder = ImageFirstPromptBuilder(tok)
     tok.texts.clear()
     records = [sample(i, question=f"<image>\nQuestion {i}?") for i in range(1000)]
     data = LLaVADataset(write(tmp_path / "d.json", records), image_root, builder)
@@ -140,7 +138,7 @@ def test_image_sample_content(tmp_path, image_root):
         sample(1, image=None, question="Hi"),
         sample(2, image=["red.png", "blue.png"], question="<image><image>Same?"),
     ]
-    data = LLaVADataset(write(tmp_path / "d.json", records), image_root, ImageFirstPrompt(ByteTokenizer()))
+    data = LLaVADataset(write(tmp_path / "d.json", records), image_root, ImageFirstPromptBuilder(ByteTokenizer()))
     first = data[0]
     assert isinstance(first, LLaVASample)
     assert first.prompt.text == "User: <image>\nWhat is it?\n\nAssistant: A square.\n\n"
@@ -187,7 +185,7 @@ REASON = {
 def test_bad_sample_raises_with_its_id(tmp_path, image_root, case):
     record, detail = BAD[case]
     path = write(tmp_path / "d.json", [sample(0), record])
-    data = LLaVADataset(path, image_root, ImageFirstPrompt(ByteTokenizer()))
+    data = LLaVADataset(path, image_root, ImageFirstPromptBuilder(ByteTokenizer()))
     reason = REASON.get(case, case)
     with pytest.raises(BadSampleError, match=rf"sample 's7' \(index 1\): {reason}: .*{detail}") as info:
         data[1]
@@ -198,7 +196,7 @@ def test_bad_sample_raises_with_its_id(tmp_path, image_root, case):
 def test_bad_sample_is_skipped_with_its_reason(tmp_path, image_root, case):
     record, _ = BAD[case]
     path = write(tmp_path / "d.json", [sample(0), record])
-    data = LLaVADataset(path, image_root, ImageFirstPrompt(ByteTokenizer()), on_bad_sample="skip")
+    data = LLaVADataset(path, image_root, ImageFirstPromptBuilder(ByteTokenizer()), on_bad_sample="skip")
     skipped = data[1]
     assert isinstance(skipped, SkippedSample)
     assert (skipped.index, skipped.sample_id, skipped.reason) == (1, "s7", REASON.get(case, case))
@@ -207,7 +205,7 @@ def test_bad_sample_is_skipped_with_its_reason(tmp_path, image_root, case):
 
 def test_dataset_argument_errors(tmp_path, image_root):
     path = write(tmp_path / "d.json", [sample(0)])
-    builder = ImageFirstPrompt(ByteTokenizer())
+    builder = ImageFirstPromptBuilder(ByteTokenizer())
     with pytest.raises(ValueError, match="on_bad_sample must be 'raise' or 'skip', got 'ignore'"):
         LLaVADataset(path, image_root, builder, on_bad_sample="ignore")
     with pytest.raises(ValueError, match="builder must be a PromptBuilder, got str"):
@@ -311,9 +309,7 @@ def test_dataloader_with_two_workers_skips_and_reports(tmp_path, image_root, cap
     # the same batches as collating in this process
     for k, bt in enumerate(batches):
         expected = collate([data[i] for i in range(4 * k, min(4 * k + 4, len(data)))])
-        assert torch.equal(bt["input_ids"], expected["input_ids"]) and torch.equal(
-            bt["labels"], expected["labels"]
-        )
+        assert torch.equal(bt["input_ids"], expected["input_ids"]) and torch.equal(bt["labels"], expected["labels"])
         assert torch.equal(bt["images"], expected["images"])
         assert torch.equal(bt["image_spans"], expected["image_spans"])
     # spot-check one row against the sandwich template by hand: s1 is blue, 5 image tokens

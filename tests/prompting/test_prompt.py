@@ -15,8 +15,8 @@ from rwkvblocks.prompting import (
     IGNORE_INDEX,
     ByteTokenizer,
     ConversationError,
-    ImageFirstPrompt,
-    ImageLastPrompt,
+    ImageFirstPromptBuilder,
+    ImageLastPromptBuilder,
     Prompt,
     PromptBuilder,
     SandwichPromptBuilder,
@@ -32,9 +32,7 @@ def conv(*values):
 
 
 SINGLE = conv(f"<image>\nWhat color is the cat?\n{PHRASE}", "Black")
-MULTI = conv(
-    "  Describe the image.\n\n \n<image>  ", "A dog.\n\n\nOn grass.  ", "Is it  happy?\n\n\tReally?", "Yes."
-)
+MULTI = conv("  Describe the image.\n\n \n<image>  ", "A dog.\n\n\nOn grass.  ", "Is it  happy?\n\n\tReally?", "Yes.")
 TEXT_ONLY = conv("Hello\n\n\nthere", "Hi!")
 
 GOLDEN = {
@@ -58,7 +56,11 @@ GOLDEN = {
     ),
 }
 CONVERSATIONS = {"single": SINGLE, "multi": MULTI}
-BUILDERS = {"image_first": ImageFirstPrompt, "image_last": ImageLastPrompt, "sandwich": SandwichPromptBuilder}
+BUILDERS = {
+    "image_first": ImageFirstPromptBuilder,
+    "image_last": ImageLastPromptBuilder,
+    "sandwich": SandwichPromptBuilder,
+}
 
 
 def expected_from_segments(segments):
@@ -97,7 +99,7 @@ def test_text_only_conversation_is_the_same_for_every_builder(builder):
 
 
 def test_image_first_labels_and_offsets():
-    prompt = ImageFirstPrompt(ByteTokenizer()).build(MULTI)
+    prompt = ImageFirstPromptBuilder(ByteTokenizer()).build(MULTI)
     assert_prompt(
         prompt,
         [
@@ -114,7 +116,7 @@ def test_image_first_labels_and_offsets():
 
 
 def test_image_last_labels_and_offsets():
-    prompt = ImageLastPrompt(ByteTokenizer()).build(SINGLE)
+    prompt = ImageLastPromptBuilder(ByteTokenizer()).build(SINGLE)
     assert_prompt(
         prompt,
         [
@@ -147,13 +149,13 @@ def test_sandwich_keeps_the_phrase_of_turns_without_image_in_all_human():
 
 
 def test_whitespace_only_blank_lines_collapse_in_messages():
-    prompt = ImageFirstPrompt(ByteTokenizer()).build(conv("a\n \t\n\n  \nb\n\nc <image>", "x\n\n\ny"))
+    prompt = ImageFirstPromptBuilder(ByteTokenizer()).build(conv("a\n \t\n\n  \nb\n\nc <image>", "x\n\n\ny"))
     assert prompt.text == "User: <image>\na\nb\nc\n\nAssistant: x\ny\n\n"
 
 
 def test_several_images_in_one_message_go_in_a_row():
     conversation = conv("<image>\nCompare <image> these.", "Same.")
-    first = ImageFirstPrompt(ByteTokenizer()).build(conversation)
+    first = ImageFirstPromptBuilder(ByteTokenizer()).build(conversation)
     assert first.text == "User: <image>\n<image>\nCompare  these.\n\nAssistant: Same.\n\n"
     assert_prompt(
         first,
@@ -172,10 +174,9 @@ def test_several_images_in_one_message_go_in_a_row():
 
 def test_images_in_several_turns_each_follow_the_template():
     conversation = conv("<image>\nWhat is this?", "A cat.", "And this? <image>", "A dog.")
-    last = ImageLastPrompt(ByteTokenizer()).build(conversation)
+    last = ImageLastPromptBuilder(ByteTokenizer()).build(conversation)
     assert last.text == (
-        "User: What is this?\n<image>\n\nAssistant: A cat.\n\n"
-        "User: And this?\n<image>\n\nAssistant: A dog.\n\n"
+        "User: What is this?\n<image>\n\nAssistant: A cat.\n\nUser: And this?\n<image>\n\nAssistant: A dog.\n\n"
     )
     assert_prompt(
         last,
@@ -208,7 +209,7 @@ def test_inference_prompt_ends_with_assistant_colon(last_answer):
 
 
 def test_inference_after_earlier_answers_supervises_only_them():
-    prompt = ImageFirstPrompt(ByteTokenizer()).build(conv("Hi", "Hello", "Bye"), mode="inference")
+    prompt = ImageFirstPromptBuilder(ByteTokenizer()).build(conv("Hi", "Hello", "Bye"), mode="inference")
     assert_prompt(
         prompt,
         [("User: Hi\n\nAssistant:", False), (" Hello\n\n", True), ("User: Bye\n\nAssistant:", False)],
@@ -226,7 +227,7 @@ def test_world_golden_ids():
     """Literal ids, recorded once from the rwkv package's reference tokenizer."""
     from rwkvblocks.prompting import WorldTokenizer
 
-    prompt = ImageFirstPrompt(WorldTokenizer()).build(conv("<image>\nhi", "hello"))
+    prompt = ImageFirstPromptBuilder(WorldTokenizer()).build(conv("<image>\nhi", "hello"))
     # "User: " | image | "\nhi\n\n" | "Assistant: hello\n\n"
     assert prompt.input_ids == [24281, 59, 33, 11, 1922, 261, 5585, 41693, 59, 38685, 261]
     assert prompt.labels == [-100] * 9 + [38685, 261]
@@ -289,17 +290,17 @@ def test_expand_inserts_image_positions():
 )
 def test_bad_conversations_raise_with_a_reason(conversation, reason, message):
     with pytest.raises(ConversationError, match=message) as info:
-        ImageFirstPrompt(ByteTokenizer()).build(conversation)
+        ImageFirstPromptBuilder(ByteTokenizer()).build(conversation)
     assert info.value.reason == reason
 
 
 def test_bad_mode_and_builder_names():
     with pytest.raises(ValueError, match="mode must be 'train' or 'inference', got 'eval'"):
-        ImageFirstPrompt(ByteTokenizer()).build(SINGLE, mode="eval")
+        ImageFirstPromptBuilder(ByteTokenizer()).build(SINGLE, mode="eval")
     with pytest.raises(ValueError, match="unknown prompt builder 'middle'"):
         prompt_builder("middle", ByteTokenizer())
     with pytest.raises(ConversationError, match="must end with a human turn"):
-        ImageFirstPrompt(ByteTokenizer()).build(SINGLE, mode="inference")
+        ImageFirstPromptBuilder(ByteTokenizer()).build(SINGLE, mode="inference")
 
 
 @pytest.mark.parametrize("name", sorted(BUILDERS))
@@ -318,7 +319,7 @@ def test_role_prefix_mask_stops_at_a_token_that_reaches_into_the_answer():
                 return ids[:9] + [300] + ids[12:]
             return ids
 
-    prompt = ImageFirstPrompt(Merging()).build(conv("Q", "Yes"))
+    prompt = ImageFirstPromptBuilder(Merging()).build(conv("Q", "Yes"))
     answer_start = len("User: Q\n\n")
     assert prompt.labels[answer_start : answer_start + 9] == [IGNORE_INDEX] * 9
     assert prompt.labels[answer_start + 9 :] == [300] + [b + 1 for b in b"es\n\n"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import pickle
 import random
 import subprocess
@@ -14,14 +15,121 @@ from rwkvblocks.prompting import ByteTokenizer, Tokenizer, WorldTokenizer
 
 ROOT = Path(__file__).resolve().parents[2]
 
-WORDS = (
-    "the of and a to in is you that it he was for on are as with his they I at be this have from or "
-    "one had by word but not what all were we when your can said there use an each which she do how "
-    "their if will up other about out many then them these so some her would make like him into "
-    "time has look two more write go see number no way could people my than first water been call "
-    "who oil its now find long down day did get come made may part Don't it's U.S. e.g. 3.14 "
-    "1,000,000 2024-05-01 O'Reilly naïve café résumé Zürich façade"
-).split()
+WORDS = [
+    "the",
+    "of",
+    "and",
+    "a",
+    "to",
+    "in",
+    "is",
+    "you",
+    "that",
+    "it",
+    "he",
+    "was",
+    "for",
+    "on",
+    "are",
+    "as",
+    "with",
+    "his",
+    "they",
+    "I",
+    "at",
+    "be",
+    "this",
+    "have",
+    "from",
+    "or",
+    "one",
+    "had",
+    "by",
+    "word",
+    "but",
+    "not",
+    "what",
+    "all",
+    "were",
+    "we",
+    "when",
+    "your",
+    "can",
+    "said",
+    "there",
+    "use",
+    "an",
+    "each",
+    "which",
+    "she",
+    "do",
+    "how",
+    "their",
+    "if",
+    "will",
+    "up",
+    "other",
+    "about",
+    "out",
+    "many",
+    "then",
+    "them",
+    "these",
+    "so",
+    "some",
+    "her",
+    "would",
+    "make",
+    "like",
+    "him",
+    "into",
+    "time",
+    "has",
+    "look",
+    "two",
+    "more",
+    "write",
+    "go",
+    "see",
+    "number",
+    "no",
+    "way",
+    "could",
+    "people",
+    "my",
+    "than",
+    "first",
+    "water",
+    "been",
+    "call",
+    "who",
+    "oil",
+    "its",
+    "now",
+    "find",
+    "long",
+    "down",
+    "day",
+    "did",
+    "get",
+    "come",
+    "made",
+    "may",
+    "part",
+    "Don't",
+    "it's",
+    "U.S.",
+    "e.g.",
+    "3.14",
+    "1,000,000",
+    "2024-05-01",
+    "O'Reilly",
+    "naïve",
+    "café",
+    "résumé",
+    "Zürich",
+    "façade",
+]
 CHINESE = [
     "今天是美好的一天。",
     "我们在研究视觉语言模型",
@@ -76,10 +184,8 @@ def _code_lines() -> list[str]:
 def _vocab_strings(reference) -> list[str]:
     out = []
     for token in reference.idx2token.values():
-        try:
+        with contextlib.suppress(UnicodeDecodeError):  # byte tokens that are not whole characters
             out.append(token.decode("utf-8"))
-        except UnicodeDecodeError:
-            pass
     return out
 
 
@@ -97,9 +203,7 @@ def corpus(reference, seed: int = 0) -> list[str]:
         return " ".join(words) + rng.choice([".", "?", "!", "", ",", ":", "..."])
 
     def chinese():
-        parts = [
-            rng.choice(CHINESE) if rng.random() < 0.6 else "".join(rng.choices(cjk, k=rng.randint(1, 30)))
-        ]
+        parts = [rng.choice(CHINESE) if rng.random() < 0.6 else "".join(rng.choices(cjk, k=rng.randint(1, 30)))]
         return "".join(parts + [rng.choice(["，", "。", "！", "", " ", "\n"])] * rng.randint(1, 2))
 
     def source_code():
@@ -176,10 +280,7 @@ def test_invalid_utf8_ids_decode_exactly(world_tokenizer, reference_tokenizer):
     assert len(partial) > 100  # the 128 bytes >= 0x80 at least
     invalid = 0
     for _ in range(500):
-        ids = [
-            rng.choice(partial) if rng.random() < 0.5 else rng.randint(1, 65529)
-            for _ in range(rng.randint(1, 12))
-        ]
+        ids = [rng.choice(partial) if rng.random() < 0.5 else rng.randint(1, 65529) for _ in range(rng.randint(1, 12))]
         expected = reference_tokenizer.decodeBytes(ids)
         assert world_tokenizer.decode_bytes(ids) == expected
         assert world_tokenizer.decode(ids) == expected.decode("utf-8", errors="replace")

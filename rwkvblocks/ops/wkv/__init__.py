@@ -17,6 +17,13 @@ they also run CPU tensors through the Triton interpreter, but only when asked fo
 automatic selection on a CPU never picks them. Every backend accepts packed sequences
 (``cu_seqlens``). Choose one explicitly with ``backend=`` or the ``RWKVBLOCKS_WKV_BACKEND``
 environment variable.
+
+Both entry points check metadata in Python (traceable by ``torch.compile``) and call one registered
+op, ``rwkvblocks::wkv6`` (``wkv5`` passes its static decay as a broadcast view). Inside it the
+dispatcher picks the backend from metadata; the op returns, besides ``o`` and the final state, what
+that backend keeps for its backward (``Backend.residual``), and its autograd formula calls
+``rwkvblocks::wkv6_backward``, which runs the same backend's ``Backend.backward``. The Triton kernels
+are ``torch.library.triton_op``s of their own, registered on first use (registering imports Triton).
 """
 
 from __future__ import annotations
@@ -27,15 +34,17 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .._checks import check_values
 from .._dispatch import Backend, BackendUnavailableError, Dispatcher
-from ._triton_common import INTERPRET_ENV, triton_probe, triton_reasons
-from .chunked import DEFAULT_CHUNK_SIZE, wkv6_chunked
+from ._triton_common import INTERPRET_ENV, interpreting, triton_probe, triton_reasons
+from .chunked import DEFAULT_CHUNK_SIZE, chunked_backward, chunked_forward, entering_shape, wkv6_chunked
 from .reference import accumulation_dtype, wkv6_reference
-from .triton_chunk import wkv6_triton_chunk
-from .triton_recurrent import wkv6_triton_recurrent
+from .triton_chunk import triton_chunk_ops, wkv6_triton_chunk
+from .triton_recurrent import triton_recurrent_op, wkv6_triton_recurrent
 
 __all__ = [
     "BackendUnavailableError",
+    "OP_NAMES",
     "WKVInputs",
     "wkv5",
     "wkv6",
@@ -80,25 +89,79 @@ class WKVInputs:
         return cls(B, T, H, K, v.shape[-1], r.dtype, r.device, reverse, state is not None, grad, num_seqs)
 
 
-def _chunk_for(T: int) -> int:
-    return min(DEFAULT_CHUNK_SIZE, 1 << max(0, T - 1).bit_length())  # no padding past T
+def _chunk_for(seq_len) -> int:
+    """Chunk size of the ``chunked`` backend: the smallest power of two covering a sequence, up to
+    ``DEFAULT_CHUNK_SIZE`` (no padding past the sequence). Written with comparisons only, so a
+    symbolic length under ``torch.compile`` becomes guards rather than an error."""
+    chunk = 1
+    while chunk < DEFAULT_CHUNK_SIZE and chunk < seq_len:
+        chunk *= 2
+    return chunk
 
 
-def _run_chunked(r, k, v, w, u, state, *, reverse, cu_seqlens=None):
-    T = r.shape[1] if cu_seqlens is None else int(cu_seqlens.diff().max())
-    return wkv6_chunked(r, k, v, w, u, state, reverse=reverse, chunk_size=_chunk_for(T), cu_seqlens=cu_seqlens)
+def _chunked_chunk(inputs: WKVInputs) -> int:
+    if inputs.num_seqs is None:
+        return _chunk_for(inputs.seq_len)
+    return _chunk_for(-(-inputs.seq_len // max(inputs.num_seqs, 1)))  # the mean sequence length
 
 
-def _run_reference(r, k, v, w, u, state, *, reverse, cu_seqlens=None):
-    return wkv6_reference(r, k, v, w, u, state, reverse=reverse, cu_seqlens=cu_seqlens)
+def _chunked_residual(inputs: WKVInputs) -> tuple[tuple[int, ...], torch.dtype]:
+    """The chunk states ``chunked_forward`` keeps (none without gradients)."""
+    sizes = (inputs.batch, inputs.seq_len, inputs.num_heads, inputs.head_dim, inputs.value_dim)
+    shape = entering_shape(*sizes, _chunked_chunk(inputs), inputs.num_seqs, inputs.requires_grad)
+    return shape, accumulation_dtype(inputs.dtype)
 
 
-def _run_triton_chunk(r, k, v, w, u, state, *, reverse, cu_seqlens=None):
-    return wkv6_triton_chunk(r, k, v, w, u, state, reverse=reverse, cu_seqlens=cu_seqlens)
+def _empty_residual(r: Tensor) -> Tensor:
+    return r.new_empty(0, dtype=torch.float32)
 
 
-def _run_triton_recurrent(r, k, v, w, u, state, *, reverse, cu_seqlens=None):
-    return wkv6_triton_recurrent(r, k, v, w, u, state, reverse=reverse, cu_seqlens=cu_seqlens)
+def _run_chunked(r, k, v, w, u, state, *, reverse, cu_seqlens, needs_grad):
+    chunk = _chunked_chunk(WKVInputs.from_tensors(r, v, state, reverse, needs_grad, cu_seqlens))
+    return chunked_forward(
+        r, k, v, w, u, state, reverse=reverse, chunk=chunk, keep_states=needs_grad, cu_seqlens=cu_seqlens
+    )
+
+
+def _backward_chunked(r, k, v, w, u, state, cu_seqlens, residual, do, ds_final, *, reverse):
+    chunk = _chunked_chunk(WKVInputs.from_tensors(r, v, state, reverse, True, cu_seqlens))
+    return chunked_backward(r, k, v, w, u, residual, do, ds_final, reverse=reverse, chunk=chunk, cu_seqlens=cu_seqlens)
+
+
+def _run_reference(r, k, v, w, u, state, *, reverse, cu_seqlens, needs_grad):
+    o, s = wkv6_reference(r, k, v, w, u, state, reverse=reverse, cu_seqlens=cu_seqlens)
+    return o, s, _empty_residual(r)
+
+
+def _backward_reference(r, k, v, w, u, state, cu_seqlens, residual, do, ds_final, *, reverse):
+    """Recompute the loop and differentiate it. ``torch.func.vjp``, not ``torch.autograd.grad``: inside
+    an op's kernel the dispatcher has already stepped below autograd, so plain autograd would record
+    nothing, while functorch's transform tracks the recomputation itself."""
+    primals = (r, k, v, w, u) + ((state,) if state is not None else ())
+
+    def loop(*args):
+        s0 = args[5] if state is not None else None
+        return wkv6_reference(*args[:5], s0, reverse=reverse, cu_seqlens=cu_seqlens)
+
+    (_, s), vjp = torch.func.vjp(loop, *primals)
+    grads = vjp((do, ds_final if ds_final is not None else torch.zeros_like(s)))
+    return tuple(grads) + ((None,) if state is None else ())
+
+
+def _run_triton_chunk(r, k, v, w, u, state, *, reverse, cu_seqlens, needs_grad):
+    forward, _ = triton_chunk_ops()
+    o, s = forward(r, k, v, w, u, state, cu_seqlens, reverse)
+    return o, s, _empty_residual(r)
+
+
+def _backward_triton_chunk(r, k, v, w, u, state, cu_seqlens, residual, do, ds_final, *, reverse):
+    _, backward = triton_chunk_ops()
+    return backward(r, k, v, w, u, state, cu_seqlens, do, ds_final, reverse)
+
+
+def _run_triton_recurrent(r, k, v, w, u, state, *, reverse, cu_seqlens, needs_grad):
+    o, s = triton_recurrent_op()(r, k, v, w, u, state, cu_seqlens, reverse)
+    return o, s, _empty_residual(r)
 
 
 def _triton_chunk_reasons(inputs: WKVInputs) -> list[str]:
@@ -140,6 +203,7 @@ wkv_dispatcher = Dispatcher(
     "wkv",
     ENV_VAR,
     prefer=_prefer,
+    context=interpreting,
     backends=[
         Backend(
             "triton_chunk",
@@ -148,6 +212,7 @@ wkv_dispatcher = Dispatcher(
             probe=triton_probe,
             description="Triton, 16-token chunks streamed with the state on chip; forward and backward",
             auto_reasons=_triton_auto_reasons,
+            backward=_backward_triton_chunk,
         ),
         Backend(
             "triton_recurrent",
@@ -161,11 +226,14 @@ wkv_dispatcher = Dispatcher(
             "chunked",
             _run_chunked,
             description="chunked PyTorch, hand-written linear-memory backward (any device)",
+            backward=_backward_chunked,
+            residual=_chunked_residual,
         ),
         Backend(
             "reference",
             _run_reference,
-            description="step-by-step recurrence, autograd over time (oracle; always accepts)",
+            description="step-by-step recurrence; backward recomputes it under torch.func.vjp (oracle; always accepts)",
+            backward=_backward_reference,
         ),
     ],
 )
@@ -175,7 +243,7 @@ def _shape_error(name: str, expected: str, x: Tensor) -> ValueError:
     return ValueError(f"{name} must have shape {expected}, got {tuple(x.shape)}")
 
 
-def _validate_cu_seqlens(cu_seqlens, r: Tensor) -> int:
+def _validate_cu_seqlens(cu_seqlens, r: Tensor, validate: bool | None) -> int:
     """Check packed-sequence boundaries; returns the number of sequences N."""
     if not isinstance(cu_seqlens, Tensor):
         raise ValueError(f"cu_seqlens must be a torch.Tensor, got {type(cu_seqlens).__name__}")
@@ -188,15 +256,16 @@ def _validate_cu_seqlens(cu_seqlens, r: Tensor) -> int:
     B, T = r.shape[:2]
     if B != 1:
         raise ValueError(f"with cu_seqlens the sequences are packed along T and B must be 1, got B={B}")
-    bounds = cu_seqlens.tolist()
-    if bounds[0] != 0 or bounds[-1] != T:
-        raise ValueError(f"cu_seqlens must start at 0 and end at T={T}, got {bounds[0]} ... {bounds[-1]}")
-    if any(b < a for a, b in itertools.pairwise(bounds)):
-        raise ValueError(f"cu_seqlens must be non-decreasing, got {bounds}")
-    return len(bounds) - 1
+    if check_values(cu_seqlens, validate):
+        bounds = cu_seqlens.tolist()
+        if bounds[0] != 0 or bounds[-1] != T:
+            raise ValueError(f"cu_seqlens must start at 0 and end at T={T}, got {bounds[0]} ... {bounds[-1]}")
+        if any(b < a for a, b in itertools.pairwise(bounds)):
+            raise ValueError(f"cu_seqlens must be non-decreasing, got {bounds}")
+    return cu_seqlens.numel() - 1
 
 
-def _validate(r, k, v, w, u, state, *, static_w: bool, cu_seqlens=None) -> None:
+def _validate(r, k, v, w, u, state, *, static_w: bool, cu_seqlens, validate: bool | None) -> None:
     named = {"r": r, "k": k, "v": v, "w": w, "u": u}
     if state is not None:
         named["state"] = state
@@ -220,40 +289,137 @@ def _validate(r, k, v, w, u, state, *, static_w: bool, cu_seqlens=None) -> None:
         raise _shape_error("w", f"[B, T, H, K] = {tuple(r.shape)} like r (per-token log-decay)", w)
     if u.shape != (H, K):
         raise _shape_error("u", f"[H, K] = [{H}, {K}]", u)
-    if cu_seqlens is not None:
-        N = _validate_cu_seqlens(cu_seqlens, r)
-        if state is not None and state.shape != (N, H, K, V):
-            raise _shape_error("state", f"[N, H, K, V] = [{N}, {H}, {K}, {V}] (one per packed sequence)", state)
-    elif state is not None and state.shape != (B, H, K, V):
-        raise _shape_error("state", f"[B, H, K, V] = [{B}, {H}, {K}, {V}]", state)
     if not (r.dtype == k.dtype == v.dtype):
         raise ValueError(f"r, k and v must share a dtype, got {r.dtype}, {k.dtype}, {v.dtype}")
     acc = accumulation_dtype(r.dtype)
     if state is not None and state.dtype not in (torch.float32, acc):
         raise ValueError(f"state must be float32 (float64 with float64 inputs), got {state.dtype}")
-    devices = {name: x.device for name, x in named.items()}
-    if len(set(devices.values())) > 1:
-        listing = ", ".join(f"{n} on {d}" for n, d in devices.items())
+    devices = [(name, x.device) for name, x in named.items()]
+    if any(d != r.device for _, d in devices):
+        listing = ", ".join(f"{n} on {d}" for n, d in devices)
         raise ValueError(f"all inputs must be on one device, got {listing}")
-    if w.device.type != "meta" and w.numel():
+    if cu_seqlens is not None:
+        N = _validate_cu_seqlens(cu_seqlens, r, validate)
+        if state is not None and state.shape != (N, H, K, V):
+            raise _shape_error("state", f"[N, H, K, V] = [{N}, {H}, {K}, {V}] (one per packed sequence)", state)
+    elif state is not None and state.shape != (B, H, K, V):
+        raise _shape_error("state", f"[B, H, K, V] = [{B}, {H}, {K}, {V}]", state)
+    if w.numel() and check_values(w, validate):
         w_max = torch.amax(w.detach()).item()  # one reduction, no temporary the size of w
         if w_max > 0:
             raise ValueError(f"w is the log of the decay and must be <= 0 everywhere; got max {w_max:.4g}")
 
 
+def _select(r: Tensor, v: Tensor, state, cu_seqlens, reverse: bool, backend: str | None, needs_grad: bool) -> Backend:
+    """The backend of one op call, from metadata only (the real kernel, the fake kernel and the autograd
+    context all ask, and must agree)."""
+    inputs = WKVInputs.from_tensors(r, v, state, reverse, needs_grad, cu_seqlens)
+    return wkv_dispatcher.resolve(inputs, backend, device_key=f"{r.device.type}/{r.dtype}")
+
+
+def _fresh(x: Tensor) -> Tensor:
+    """Outputs of an op are contiguous, as its fake kernel promises."""
+    return x.contiguous()
+
+
+@torch.library.custom_op("rwkvblocks::wkv6", mutates_args=())
+def _wkv6_op(
+    r: Tensor,
+    k: Tensor,
+    v: Tensor,
+    w: Tensor,
+    u: Tensor,
+    state: Tensor | None,
+    cu_seqlens: Tensor | None,
+    reverse: bool,
+    backend: str | None,
+    needs_grad: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Dispatching WKV forward: ``(o, final_state, residual)``, ``residual`` being what the chosen
+    backend keeps for its backward (the chunk states of ``chunked``; empty for the others)."""
+    chosen = _select(r, v, state, cu_seqlens, reverse, backend, needs_grad)
+    o, s, residual = chosen.run(r, k, v, w, u, state, reverse=reverse, cu_seqlens=cu_seqlens, needs_grad=needs_grad)
+    return _fresh(o), _fresh(s), _fresh(residual)
+
+
+@_wkv6_op.register_fake
+def _wkv6_fake(r, k, v, w, u, state, cu_seqlens, reverse, backend, needs_grad):
+    chosen = _select(r, v, state, cu_seqlens, reverse, backend, needs_grad)
+    B, _, H, K = r.shape
+    N = B if cu_seqlens is None else cu_seqlens.shape[0] - 1
+    o = r.new_empty(v.shape)
+    s = r.new_empty(N, H, K, v.shape[-1], dtype=accumulation_dtype(r.dtype))
+    if chosen.residual is None:
+        return o, s, _empty_residual(r)
+    shape, dtype = chosen.residual(WKVInputs.from_tensors(r, v, state, reverse, needs_grad, cu_seqlens))
+    return o, s, r.new_empty(shape, dtype=dtype)
+
+
+@torch.library.custom_op("rwkvblocks::wkv6_backward", mutates_args=())
+def _wkv6_backward_op(
+    r: Tensor,
+    k: Tensor,
+    v: Tensor,
+    w: Tensor,
+    u: Tensor,
+    state: Tensor | None,
+    cu_seqlens: Tensor | None,
+    residual: Tensor,
+    do: Tensor,
+    ds_final: Tensor | None,
+    reverse: bool,
+    backend: str,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Gradients ``(dr, dk, dv, dw, du, dstate)`` from the backend that ran the forward (named by
+    ``backend``); ``dstate`` is empty when there was no initial state."""
+    chosen = _select(r, v, state, cu_seqlens, reverse, backend, True)
+    if chosen.backward is None:
+        raise BackendUnavailableError(f"wkv: backend {chosen.name!r} has no backward")
+    dr, dk, dv, dw, du, ds0 = chosen.backward(r, k, v, w, u, state, cu_seqlens, residual, do, ds_final, reverse=reverse)
+    ds0 = ds0.to(state.dtype) if state is not None else _empty_residual(r)
+    return tuple(_fresh(g) for g in (dr, dk, dv, dw, du, ds0))
+
+
+@_wkv6_backward_op.register_fake
+def _wkv6_backward_fake(r, k, v, w, u, state, cu_seqlens, residual, do, ds_final, reverse, backend):
+    grads = [torch.empty(x.shape, dtype=x.dtype, device=x.device) for x in (r, k, v, w, u)]
+    ds0 = torch.empty(state.shape, dtype=state.dtype, device=state.device) if state is not None else _empty_residual(r)
+    return (*grads, ds0)
+
+
+def _wkv6_setup_context(ctx, inputs, output):
+    r, k, v, w, u, state, cu_seqlens, reverse, backend, needs_grad = inputs
+    residual = output[2]
+    ctx.save_for_backward(r, k, v, w, u, state, cu_seqlens, residual)
+    ctx.reverse = reverse
+    ctx.backend = _select(r, v, state, cu_seqlens, reverse, backend, needs_grad).name
+    ctx.mark_non_differentiable(residual)
+    ctx.set_materialize_grads(False)  # an unused output's cotangent stays None: no zeros allocated
+
+
+def _wkv6_differentiate(ctx, do, ds_final, _):
+    r, k, v, w, u, state, cu_seqlens, residual = ctx.saved_tensors
+    if do is None:  # only the final state is used
+        do = torch.zeros_like(v)
+    *grads, ds0 = _wkv6_backward_op(r, k, v, w, u, state, cu_seqlens, residual, do, ds_final, ctx.reverse, ctx.backend)
+    return (*grads, ds0 if state is not None else None, None, None, None, None)
+
+
+_wkv6_op.register_autograd(_wkv6_differentiate, setup_context=_wkv6_setup_context)
+
+OP_NAMES = ("rwkvblocks::wkv6", "rwkvblocks::wkv6_backward")
+
+
 def _wkv(r, k, v, w, u, state, reverse, backend, cu_seqlens):
-    grad = torch.is_grad_enabled() and any(
-        x is not None and x.requires_grad for x in (r, k, v, w, u, state)
-    )
-    inputs = WKVInputs.from_tensors(r, v, state, reverse, grad, cu_seqlens)
-    if inputs.seq_len == 0:
+    if r.shape[1] == 0:  # before the op: its outputs may not alias the state
         B, _, H, K = r.shape
-        N = B if cu_seqlens is None else inputs.num_seqs
+        N = B if cu_seqlens is None else cu_seqlens.shape[0] - 1
         acc = accumulation_dtype(r.dtype)
         final = state.to(acc) if state is not None else r.new_zeros(N, H, K, v.shape[-1], dtype=acc)
         return v.new_empty(v.shape), final
-    chosen = wkv_dispatcher.select(inputs, backend, device_key=f"{r.device.type}/{r.dtype}")
-    return chosen.run(r, k, v, w, u, state, reverse=reverse, cu_seqlens=cu_seqlens)
+    needs_grad = torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in (r, k, v, w, u, state))
+    o, s, _ = _wkv6_op(r, k, v, w, u, state, cu_seqlens, reverse, backend, needs_grad)
+    return o, s
 
 
 def wkv6(
@@ -267,6 +433,7 @@ def wkv6(
     reverse: bool = False,
     cu_seqlens: Tensor | None = None,
     backend: str | None = None,
+    validate: bool | None = None,
 ) -> tuple[Tensor, Tensor]:
     """RWKV-6 WKV: linear attention with a per-token, per-channel decay and a bonus ``u``.
 
@@ -274,6 +441,10 @@ def wkv6(
     ``o_t = r_t (S_{t-1} + diag(u) k_t v_t^T)`` and ``S_t = diag(exp(w_t)) S_{t-1} + k_t v_t^T``.
     No ``1/sqrt(K)`` scale. ``reverse=True`` runs time backwards (``o_t`` depends on tokens
     ``t..T-1``) without flipping any input.
+
+    One registered op, ``torch.ops.rwkvblocks.wkv6`` (fake kernel and autograd included, backward
+    ``rwkvblocks::wkv6_backward``): ``torch.compile(fullgraph=True)`` and CUDA graphs see a single
+    node, and the backend is chosen inside it from metadata alone.
 
     Args:
         r, k: Receptance and key.
@@ -287,6 +458,9 @@ def wkv6(
             at every boundary and one final state per sequence is returned.
         backend: ``"triton_chunk"``, ``"triton_recurrent"``, ``"chunked"`` or ``"reference"``
             (or any registered backend); ``None`` picks automatically (see the module docstring).
+        validate: Checks that read values (``w <= 0``, the ``cu_seqlens`` boundaries): ``None`` runs
+            them on CPU tensors outside ``torch.compile`` only (no device sync), ``True`` everywhere,
+            ``False`` never (see ``rwkvblocks.ops.check_values``).
 
     Shapes:
         r, k, w: `[B, T, H, K]`; v: `[B, T, H, V]`; u: `[H, K]`; state: `[B, H, K, V]` fp32
@@ -298,8 +472,9 @@ def wkv6(
     ``chunked``, ``reference``.
 
     Raises:
-        ValueError: wrong rank or shape, mismatched dtypes or devices, ``w > 0``, or bad
-            ``cu_seqlens`` (not an int tensor on r's device, ``B != 1``, not from 0 to T, decreasing).
+        ValueError: wrong rank or shape, mismatched dtypes or devices, bad ``cu_seqlens`` (not an int
+            tensor on r's device, ``B != 1``) and, when values are checked, ``w > 0`` or ``cu_seqlens``
+            not from 0 to T or decreasing.
         BackendUnavailableError: the requested backend cannot run this input.
 
     Example:
@@ -312,7 +487,7 @@ def wkv6(
         >>> o.shape, state.shape
         (torch.Size([1, 5, 2, 16]), torch.Size([1, 2, 16, 16]))
     """
-    _validate(r, k, v, w, u, state, static_w=False, cu_seqlens=cu_seqlens)
+    _validate(r, k, v, w, u, state, static_w=False, cu_seqlens=cu_seqlens, validate=validate)
     return _wkv(r, k, v, w, u, state, reverse, backend, cu_seqlens)
 
 
@@ -327,6 +502,7 @@ def wkv5(
     reverse: bool = False,
     cu_seqlens: Tensor | None = None,
     backend: str | None = None,
+    validate: bool | None = None,
 ) -> tuple[Tensor, Tensor]:
     """RWKV-5 WKV: as ``wkv6`` but with one static log-decay per head and channel.
 
@@ -336,9 +512,11 @@ def wkv5(
         Returns as ``wkv6``.
 
     The static decay is broadcast over batch and time as a view (no copy) and runs through
-    the same backends as ``wkv6``; its gradient is summed over batch and time.
+    the op and backends of ``wkv6``; autograd sums its gradient over batch and time.
+
+    Reference: ``wkv6_reference``. Backends: those of ``wkv6``.
     """
-    _validate(r, k, v, w, u, state, static_w=True, cu_seqlens=cu_seqlens)
+    _validate(r, k, v, w, u, state, static_w=True, cu_seqlens=cu_seqlens, validate=validate)
     B, T, H, K = r.shape
     w_full = w.view(1, 1, H, K).expand(B, T, H, K)
     return _wkv(r, k, v, w_full, u, state, reverse, backend, cu_seqlens)

@@ -9,20 +9,22 @@ the derivation of the backward pass are in ``README.md`` beside this file.
 Work is done tile by tile (a few samples, all heads, a run of whole chunks, ~2^18 elements):
 every temporary then stays in cache, which on a CPU matters as much as the arithmetic.
 Memory: the forward keeps the inputs and one state per chunk (`[B, H, T/L, K, V]`, fp32);
-the backward recomputes the rest tile by tile. Both are linear in ``T``.
+the backward recomputes the rest tile by tile. Both are linear in ``T``. Packed sequences
+(``cu_seqlens``) run one after another, their boundaries read on the host (no sync for CPU tensors).
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .reference import accumulation_dtype, per_sequence
+from .reference import accumulation_dtype
 
-__all__ = ["DEFAULT_CHUNK_SIZE", "wkv6_chunked"]
+__all__ = ["DEFAULT_CHUNK_SIZE", "chunked_backward", "chunked_forward", "entering_shape", "wkv6_chunked"]
 
 DEFAULT_CHUNK_SIZE = 64
 _TILE_ELEMENTS = 1 << 18  # target size of one tile: ~1 MiB in fp32
@@ -259,6 +261,7 @@ def _forward(r, k, v, w, u, s0, reverse: bool, chunk: int, keep_states: bool = T
 
 
 def _backward(r, k, v, w, u, entering, do, ds_final, reverse: bool, chunk: int):
+    """Gradients of ``_forward``; du comes back in fp64 (it sums over every token)."""
     B, T, H, K = r.shape
     V = v.shape[-1]
     acc = accumulation_dtype(r.dtype)
@@ -284,28 +287,137 @@ def _backward(r, k, v, w, u, entering, do, ds_final, reverse: bool, chunk: int):
                 tiles.store(dst, gt, b0, b1, t0, t1)
             du += du_t.double().view(b1 - b0, H, K).sum(0)
         ds0[b0:b1] = g.view(b1 - b0, H, K, V)
+    return dr, dk, dv, dw, du, ds0
+
+
+def entering_shape(
+    B: int, T: int, H: int, K: int, V: int, chunk: int, num_seqs: int | None, keep_states: bool = True
+) -> tuple[int, ...]:
+    """Shape of the states ``chunked_forward`` keeps for its backward (sizes may be symbolic).
+
+    `[B, H, ceil(T/L), K, V]` for B sequences of length T. Packed (``num_seqs`` N): `[T//L + N, H, K, V]`,
+    sequence n's chunks from slot ``bos_n // L + n`` on, a bound that needs no sequence length. The
+    chunk axis is empty when ``keep_states`` is false.
+    """
+    if num_seqs is None:
+        return (B, H, -(-T // chunk) if keep_states else 0, K, V)
+    return (T // chunk + num_seqs if keep_states else 0, H, K, V)
+
+
+def chunked_forward(
+    r: Tensor,
+    k: Tensor,
+    v: Tensor,
+    w: Tensor,
+    u: Tensor,
+    state: Tensor | None,
+    *,
+    reverse: bool,
+    chunk: int,
+    keep_states: bool,
+    cu_seqlens: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Chunked WKV forward without autograd: o, the final states, and the states its backward needs.
+
+    Shapes:
+        As ``wkv6_chunked``; the third output has ``entering_shape(...)`` (fp32, fp64 for fp64 inputs).
+        Packed sequences run one after another, their boundaries read on the host.
+    """
+    if cu_seqlens is None:
+        return _forward(r, k, v, w, u, state, reverse, chunk, keep_states)
+    _, T, H, K = r.shape
+    V = v.shape[-1]
+    acc = accumulation_dtype(r.dtype)
+    bounds = cu_seqlens.tolist()
+    N = len(bounds) - 1
+    o = torch.empty(1, T, H, V, dtype=r.dtype, device=r.device)
+    s_final = torch.empty(N, H, K, V, dtype=acc, device=r.device)
+    entering = torch.empty(entering_shape(1, T, H, K, V, chunk, N, keep_states), dtype=acc, device=r.device)
+    for n, (bos, eos) in enumerate(itertools.pairwise(bounds)):
+        s_n = state[n : n + 1] if state is not None else None
+        if eos == bos:
+            s_final[n] = state[n] if state is not None else 0
+            continue
+        part = slice(bos, eos)
+        o_n, f_n, ent = _forward(r[:, part], k[:, part], v[:, part], w[:, part], u, s_n, reverse, chunk, keep_states)
+        o[:, part] = o_n
+        s_final[n] = f_n[0]
+        if keep_states:
+            slot = bos // chunk + n
+            entering[slot : slot + ent.shape[2]] = ent[0].transpose(0, 1)
+    return o, s_final, entering
+
+
+def chunked_backward(
+    r: Tensor,
+    k: Tensor,
+    v: Tensor,
+    w: Tensor,
+    u: Tensor,
+    entering: Tensor,
+    do: Tensor,
+    ds_final: Tensor | None,
+    *,
+    reverse: bool,
+    chunk: int,
+    cu_seqlens: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Gradients of ``chunked_forward`` from the states it kept (no autograd).
+
+    Returns dr, dk, dv, dw (shaped like ``w``, a broadcast view included), du in ``u.dtype`` and the
+    gradient of the initial states in fp32 (fp64 for fp64 inputs).
+    """
+    if cu_seqlens is None:
+        dr, dk, dv, dw, du, ds0 = _backward(r, k, v, w, u, entering, do, ds_final, reverse, chunk)
+        return dr, dk, dv, dw, du.to(u.dtype), ds0
+    H, K, V = r.shape[2], r.shape[3], v.shape[3]
+    acc = accumulation_dtype(r.dtype)
+    bounds = cu_seqlens.tolist()
+    N = len(bounds) - 1
+    dr, dk, dv = torch.empty_like(r), torch.empty_like(k), torch.empty_like(v)
+    dw = torch.empty(w.shape, dtype=w.dtype, device=w.device)
+    du = torch.zeros(H, K, dtype=torch.float64, device=u.device)
+    ds0 = torch.empty(N, H, K, V, dtype=acc, device=r.device)
+    for n, (bos, eos) in enumerate(itertools.pairwise(bounds)):
+        g_n = ds_final[n : n + 1] if ds_final is not None else None
+        if eos == bos:  # the final state is the initial state
+            ds0[n] = ds_final[n] if ds_final is not None else 0
+            continue
+        part = slice(bos, eos)
+        slot, n_chunks = bos // chunk + n, -(-(eos - bos) // chunk)
+        ent = entering[slot : slot + n_chunks].transpose(0, 1).unsqueeze(0)  # [1, H, n_chunks, K, V]
+        *grads, du_n, ds0_n = _backward(
+            r[:, part], k[:, part], v[:, part], w[:, part], u, ent, do[:, part], g_n, reverse, chunk
+        )
+        for dst, g in zip((dr, dk, dv, dw), grads):
+            dst[:, part] = g
+        du += du_n
+        ds0[n] = ds0_n[0]
     return dr, dk, dv, dw, du.to(u.dtype), ds0
 
 
 class _WKVChunked(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, r, k, v, w, u, s0, reverse, chunk):
-        o, s_final, entering = _forward(r, k, v, w, u, s0, reverse, chunk, any(ctx.needs_input_grad))
-        ctx.save_for_backward(r, k, v, w, u, entering)
+    def forward(ctx, r, k, v, w, u, s0, reverse, chunk, cu_seqlens):
+        keep = any(ctx.needs_input_grad)
+        o, s_final, entering = chunked_forward(
+            r, k, v, w, u, s0, reverse=reverse, chunk=chunk, keep_states=keep, cu_seqlens=cu_seqlens
+        )
+        ctx.save_for_backward(r, k, v, w, u, entering, cu_seqlens)
         ctx.reverse, ctx.chunk = reverse, chunk
         ctx.s0_dtype = None if s0 is None else s0.dtype
         return o, s_final
 
     @staticmethod
     def backward(ctx, do, ds_final):
-        r, k, v, w, u, entering = ctx.saved_tensors
+        r, k, v, w, u, entering, cu_seqlens = ctx.saved_tensors
         if do is None:
             do = torch.zeros(r.shape[:-1] + v.shape[-1:], dtype=r.dtype, device=r.device)
-        dr, dk, dv, dw, du, ds0 = _backward(
-            r, k, v, w, u, entering, do, ds_final, ctx.reverse, ctx.chunk
+        dr, dk, dv, dw, du, ds0 = chunked_backward(
+            r, k, v, w, u, entering, do, ds_final, reverse=ctx.reverse, chunk=ctx.chunk, cu_seqlens=cu_seqlens
         )
         ds0 = ds0.to(ctx.s0_dtype) if ctx.s0_dtype is not None else None
-        return dr, dk, dv, dw, du, ds0, None, None
+        return dr, dk, dv, dw, du, ds0, None, None, None
 
 
 def wkv6_chunked(
@@ -322,7 +434,8 @@ def wkv6_chunked(
 ) -> tuple[Tensor, Tensor]:
     """Chunked WKV with a linear-memory, hand-written backward (no argument checks).
 
-    Use ``rwkvblocks.ops.wkv6`` for the checked, dispatched entry point.
+    Use ``rwkvblocks.ops.wkv6`` for the checked, dispatched entry point (a registered op that runs
+    ``chunked_forward`` / ``chunked_backward`` when it picks this backend).
 
     Shapes:
         r, k, w: `[B, T, H, K]` (``w`` may be a broadcast view); v: `[B, T, H, V]`;
@@ -333,8 +446,4 @@ def wkv6_chunked(
     """
     if chunk_size < 1 or chunk_size & (chunk_size - 1):
         raise ValueError(f"chunk_size must be a power of two, got {chunk_size}")
-    if cu_seqlens is not None:
-        return per_sequence(
-            wkv6_chunked, r, k, v, w, u, state, cu_seqlens, reverse=reverse, chunk_size=chunk_size
-        )
-    return _WKVChunked.apply(r, k, v, w, u, state, reverse, chunk_size)
+    return _WKVChunked.apply(r, k, v, w, u, state, reverse, chunk_size, cu_seqlens)

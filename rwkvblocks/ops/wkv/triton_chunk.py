@@ -25,10 +25,11 @@ import functools
 
 import torch
 from torch import Tensor
+from torch.library import wrap_triton
 
 from ._triton_common import Flat, bind_triton
 
-__all__ = ["CHUNK", "wkv6_triton_chunk"]
+__all__ = ["CHUNK", "triton_chunk_ops", "wkv6_triton_chunk"]
 
 CHUNK = 16  # tokens per chunk; also the tl.dot minimum
 tl = None  # triton.language, bound by _kernels() (Triton is imported lazily)
@@ -41,9 +42,25 @@ def _block_v(K: int, V: int) -> int:
 
 
 def _load_chunk(
-    r, k, v, w, c, bos, eos, L, i_h, H, w_tok, w_head,
-    K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr, i_v, REVERSE: tl.constexpr,
-):  # fmt: skip
+    r,
+    k,
+    v,
+    w,
+    c,
+    bos,
+    eos,
+    L,
+    i_h,
+    H,
+    w_tok,
+    w_head,
+    K: tl.constexpr,
+    V: tl.constexpr,
+    BT: tl.constexpr,
+    BV: tl.constexpr,
+    i_v,
+    REVERSE: tl.constexpr,
+):
     """Rows of chunk ``c`` in processing order; rows past the sequence end are zero."""
     offs_t = tl.arange(0, BT)
     offs_k = tl.arange(0, K)
@@ -62,16 +79,38 @@ def _load_chunk(
     b_v = tl.load(v + tok[:, None] * (H * V) + i_h * V + offs_v[None, :], mask=m, other=0.0).to(tl.float32)
     return tok, valid, b_r, b_k, b_w, b_v
 
+
 def _pick_row(x, offs_t, j):
     """Row ``j`` of a register tile `[BT, D]` as `[D]`."""
     return tl.sum(tl.where((offs_t == j)[:, None], x, 0.0), 0)
 
+
 def _wkv6_fwd_kernel(
-    r, k, v, w, u, s0, o, s_final, states, cu_seqlens, T, H, w_tok, w_head,
-    K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr,
-    REVERSE: tl.constexpr, HAS_S0: tl.constexpr, STORE_O: tl.constexpr, STORE_STATES: tl.constexpr,
-    IS_VARLEN: tl.constexpr, DOT_PREC: tl.constexpr,
-):  # fmt: skip
+    r,
+    k,
+    v,
+    w,
+    u,
+    s0,
+    o,
+    s_final,
+    states,
+    cu_seqlens,
+    T,
+    H,
+    w_tok,
+    w_head,
+    K: tl.constexpr,
+    V: tl.constexpr,
+    BT: tl.constexpr,
+    BV: tl.constexpr,
+    REVERSE: tl.constexpr,
+    HAS_S0: tl.constexpr,
+    STORE_O: tl.constexpr,
+    STORE_STATES: tl.constexpr,
+    IS_VARLEN: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+):
     i_v = tl.program_id(0)
     i_nh = tl.program_id(1)
     i_n = i_nh // H
@@ -115,11 +154,37 @@ def _wkv6_fwd_kernel(
         S = tl.exp(b_last.to(tl.float32))[:, None] * S + tl.dot(tl.trans(b_kd), b_v, input_precision=DOT_PREC)
     tl.store(s_final + s_offs, S)
 
+
 def _wkv6_bwd_kernel(
-    r, k, v, w, u, do, ds_final, states, ds0, dr, dk, dv, dw, du, cu_seqlens, T, H, w_tok, w_head, n_tokens,
-    K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr,
-    REVERSE: tl.constexpr, HAS_DS: tl.constexpr, IS_VARLEN: tl.constexpr, DOT_PREC: tl.constexpr,
-):  # fmt: skip
+    r,
+    k,
+    v,
+    w,
+    u,
+    do,
+    ds_final,
+    states,
+    ds0,
+    dr,
+    dk,
+    dv,
+    dw,
+    du,
+    cu_seqlens,
+    T,
+    H,
+    w_tok,
+    w_head,
+    n_tokens,
+    K: tl.constexpr,
+    V: tl.constexpr,
+    BT: tl.constexpr,
+    BV: tl.constexpr,
+    REVERSE: tl.constexpr,
+    HAS_DS: tl.constexpr,
+    IS_VARLEN: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+):
     i_v = tl.program_id(0)
     i_nh = tl.program_id(1)
     i_n = i_nh // H
@@ -207,21 +272,43 @@ def _dot_precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
-def _launch_forward(f: Flat, u: Tensor, s0: Tensor | None, reverse: bool, store_o: bool, states: Tensor | None):
-    """Run the forward kernel; returns o (or ``None``) and the final state `[N, H, K, V]` fp32."""
+def _launch_forward(
+    f: Flat, u: Tensor, s0: Tensor | None, reverse: bool, o: Tensor | None, states: Tensor | None
+) -> Tensor:
+    """Run the forward kernel, writing ``o`` (when given); returns the final state `[N, H, K, V]` fp32."""
     fwd, _ = _kernels()
     _, _, H, K, V = f.shape
     BV = _block_v(K, V)
-    o = torch.empty_like(f.v) if store_o else None
     s_final = torch.empty(f.num_seqs, H, K, V, dtype=torch.float32, device=f.r.device)
     grid = (V // BV, f.num_seqs * H)
-    fwd[grid](
-        f.r, f.k, f.v, f.w, u, s0, o, s_final, states, f.cu_seqlens, f.seq_len, H, f.w_tok, f.w_head,
-        K=K, V=V, BT=CHUNK, BV=BV, REVERSE=reverse, HAS_S0=s0 is not None, STORE_O=store_o,
-        STORE_STATES=states is not None, IS_VARLEN=f.cu_seqlens is not None,
-        DOT_PREC=_dot_precision(f.r.dtype), num_warps=4,
-    )  # fmt: skip
-    return o, s_final
+    wrap_triton(fwd)[grid](
+        f.r,
+        f.k,
+        f.v,
+        f.w,
+        u,
+        s0,
+        o,
+        s_final,
+        states,
+        f.cu_seqlens,
+        f.seq_len,
+        H,
+        f.w_tok,
+        f.w_head,
+        K=K,
+        V=V,
+        BT=CHUNK,
+        BV=BV,
+        REVERSE=reverse,
+        HAS_S0=s0 is not None,
+        STORE_O=o is not None,
+        STORE_STATES=states is not None,
+        IS_VARLEN=f.cu_seqlens is not None,
+        DOT_PREC=_dot_precision(f.r.dtype),
+        num_warps=4,
+    )
+    return s_final
 
 
 def _launch_backward(f: Flat, u: Tensor, s0: Tensor | None, do: Tensor, ds_final: Tensor | None, reverse: bool):
@@ -233,51 +320,118 @@ def _launch_backward(f: Flat, u: Tensor, s0: Tensor | None, do: Tensor, ds_final
     # Replay the state recursion, keeping the state that enters every chunk. Sequence n's
     # chunks start at slot bos_n // CHUNK + n: a bound that needs no host sync on cu_seqlens.
     states = torch.empty(f.tokens // CHUNK + f.num_seqs, H, K, V, dtype=torch.float32, device=dev)
-    _launch_forward(f, u, s0, reverse, store_o=False, states=states)
+    _launch_forward(f, u, s0, reverse, o=None, states=states)
     dr, dk, dw = (torch.empty(NV, f.tokens, H, K, dtype=torch.float32, device=dev) for _ in range(3))
     dv = torch.empty_like(f.v)
     du = torch.empty(NV, f.num_seqs * H, K, dtype=torch.float32, device=dev)
     ds0 = torch.empty(f.num_seqs, H, K, V, dtype=torch.float32, device=dev)
     do = do.contiguous().view(f.tokens, H, V)
-    bwd[(NV, f.num_seqs * H)](
-        f.r, f.k, f.v, f.w, u, do, ds_final, states, ds0, dr, dk, dv, dw, du, f.cu_seqlens,
-        f.seq_len, H, f.w_tok, f.w_head, f.tokens,
-        K=K, V=V, BT=CHUNK, BV=BV, REVERSE=reverse, HAS_DS=ds_final is not None,
-        IS_VARLEN=f.cu_seqlens is not None, DOT_PREC=_dot_precision(f.r.dtype), num_warps=4,
-    )  # fmt: skip
+    wrap_triton(bwd)[(NV, f.num_seqs * H)](
+        f.r,
+        f.k,
+        f.v,
+        f.w,
+        u,
+        do,
+        ds_final,
+        states,
+        ds0,
+        dr,
+        dk,
+        dv,
+        dw,
+        du,
+        f.cu_seqlens,
+        f.seq_len,
+        H,
+        f.w_tok,
+        f.w_head,
+        f.tokens,
+        K=K,
+        V=V,
+        BT=CHUNK,
+        BV=BV,
+        REVERSE=reverse,
+        HAS_DS=ds_final is not None,
+        IS_VARLEN=f.cu_seqlens is not None,
+        DOT_PREC=_dot_precision(f.r.dtype),
+        num_warps=4,
+    )
     return dr.sum(0), dk.sum(0), dv, dw.sum(0), du.view(NV * f.num_seqs, H, K).sum(0), ds0
 
 
-class _WKVTritonChunk(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, r, k, v, w, u, s0, reverse, cu_seqlens):
-        f = Flat(r, k, v, w, cu_seqlens)
-        uc = u.contiguous()
-        s0c = s0.contiguous() if s0 is not None else None
-        o, s_final = _launch_forward(f, uc, s0c, reverse, store_o=True, states=None)
-        ctx.save_for_backward(r, k, v, w, uc, s0c, cu_seqlens)
-        ctx.reverse = reverse
-        return o.view(v.shape), s_final
+def _forward(
+    r: Tensor,
+    k: Tensor,
+    v: Tensor,
+    w: Tensor,
+    u: Tensor,
+    state: Tensor | None,
+    cu_seqlens: Tensor | None,
+    reverse: bool,
+) -> tuple[Tensor, Tensor]:
+    f = Flat(r, k, v, w, cu_seqlens)
+    o = torch.empty(v.shape, dtype=v.dtype, device=v.device)  # written as the flat [B*T, H, V] stream
+    s0 = state.contiguous() if state is not None else None
+    return o, _launch_forward(f, u.contiguous(), s0, reverse, o=o, states=None)
 
-    @staticmethod
-    def backward(ctx, do, ds_final):
-        r, k, v, w, u, s0, cu_seqlens = ctx.saved_tensors
-        f = Flat(r, k, v, w, cu_seqlens)
+
+def _backward(
+    r: Tensor,
+    k: Tensor,
+    v: Tensor,
+    w: Tensor,
+    u: Tensor,
+    state: Tensor | None,
+    cu_seqlens: Tensor | None,
+    do: Tensor,
+    ds_final: Tensor | None,
+    reverse: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    f = Flat(r, k, v, w, cu_seqlens)
+    s0 = state.contiguous() if state is not None else None
+    ds = ds_final.float().contiguous() if ds_final is not None else None
+    dr, dk, dv, dw, du, ds0 = _launch_backward(f, u.contiguous(), s0, do, ds, reverse)
+    B, T, H, K = r.shape
+    return (
+        dr.view(r.shape).to(r.dtype),
+        dk.view(k.shape).to(k.dtype),
+        dv.view(v.shape),
+        dw.view(B, T, H, K).to(w.dtype),
+        du.to(u.dtype),
+        ds0,
+    )
+
+
+@functools.cache
+def triton_chunk_ops():
+    """The forward and backward ``torch.library.triton_op``s, registered on first use.
+
+    Registering a Triton op imports Triton, which ``import rwkvblocks`` must not do. The forward,
+    ``rwkvblocks::wkv6_triton_chunk(r, k, v, w, u, state, cu_seqlens, reverse) -> (o, final_state)``,
+    is differentiable through ``rwkvblocks::wkv6_triton_chunk_backward(..., do, ds_final, reverse)
+    -> (dr, dk, dv, dw, du, dstate)``; ``dstate`` is fp32 `[N, H, K, V]` even without an initial state.
+    """
+    from torch.library import triton_op
+
+    forward = triton_op("rwkvblocks::wkv6_triton_chunk", mutates_args=())(_forward)
+    backward = triton_op("rwkvblocks::wkv6_triton_chunk_backward", mutates_args=())(_backward)
+
+    def setup_context(ctx, inputs, output):
+        r, k, v, w, u, state, cu_seqlens, reverse = inputs
+        ctx.save_for_backward(r, k, v, w, u, state, cu_seqlens)
+        ctx.reverse = reverse
+        ctx.set_materialize_grads(False)
+
+    def differentiate(ctx, do, ds_final):
+        r, k, v, w, u, state, cu_seqlens = ctx.saved_tensors
         if do is None:
             do = torch.zeros_like(v)
-        ds = ds_final.float().contiguous() if ds_final is not None else None
-        dr, dk, dv, dw, du, ds0 = _launch_backward(f, u, s0, do, ds, ctx.reverse)
-        B, T, H, K = r.shape
-        return (
-            dr.view(r.shape).to(r.dtype),
-            dk.view(k.shape).to(k.dtype),
-            dv.view(v.shape),
-            dw.view(B, T, H, K).to(w.dtype),
-            du.to(u.dtype),
-            ds0.to(s0.dtype) if s0 is not None else None,
-            None,
-            None,
-        )
+        *grads, ds0 = backward(r, k, v, w, u, state, cu_seqlens, do, ds_final, ctx.reverse)
+        return (*grads, ds0.to(state.dtype) if state is not None else None, None, None)
+
+    forward.register_autograd(differentiate, setup_context=setup_context)
+    return forward, backward
 
 
 def wkv6_triton_chunk(
@@ -294,7 +448,8 @@ def wkv6_triton_chunk(
     """Chunked WKV in Triton, forward and backward (no argument checks; see ``ops.wkv6``).
 
     Runs on CUDA tensors, or on CPU tensors under ``TRITON_INTERPRET=1``. Gradients flow to
-    r, k, v, w, u and the initial state. Reference: ``wkv6_reference``.
+    r, k, v, w, u and the initial state. Registered as the Triton op ``rwkvblocks::wkv6_triton_chunk``
+    (see ``triton_chunk_ops``). Reference: ``wkv6_reference``.
 
     Shapes:
         r, k, w: `[B, T, H, K]` (``w`` may be a broadcast view); v: `[B, T, H, V]`; u: `[H, K]`;
@@ -303,4 +458,5 @@ def wkv6_triton_chunk(
         16..128; inputs fp32, bf16 or fp16. Returns o `[B, T, H, V]` in ``r.dtype`` and the
         final states `[N, H, K, V]` fp32.
     """
-    return _WKVTritonChunk.apply(r, k, v, w, u, state, reverse, cu_seqlens)
+    forward, _ = triton_chunk_ops()
+    return forward(r, k, v, w, u, state, cu_seqlens, reverse)

@@ -14,10 +14,11 @@ import functools
 
 import torch
 from torch import Tensor
+from torch.library import wrap_triton
 
 from ._triton_common import Flat, bind_triton
 
-__all__ = ["wkv6_triton_recurrent"]
+__all__ = ["triton_recurrent_op", "wkv6_triton_recurrent"]
 
 tl = None  # triton.language, bound by _kernel() (Triton is imported lazily)
 _seq_bounds = None  # the shared @triton.jit helper, bound with tl by bind_triton()
@@ -29,10 +30,26 @@ def _block_v(V: int) -> int:
 
 
 def _wkv6_recurrent_fwd_kernel(
-    r, k, v, w, u, s0, o, s_final, cu_seqlens, T, H, w_tok, w_head,
-    K: tl.constexpr, V: tl.constexpr, BV: tl.constexpr,
-    REVERSE: tl.constexpr, HAS_S0: tl.constexpr, IS_VARLEN: tl.constexpr,
-):  # fmt: skip
+    r,
+    k,
+    v,
+    w,
+    u,
+    s0,
+    o,
+    s_final,
+    cu_seqlens,
+    T,
+    H,
+    w_tok,
+    w_head,
+    K: tl.constexpr,
+    V: tl.constexpr,
+    BV: tl.constexpr,
+    REVERSE: tl.constexpr,
+    HAS_S0: tl.constexpr,
+    IS_VARLEN: tl.constexpr,
+):
     i_v = tl.program_id(0)
     i_nh = tl.program_id(1)
     i_n = i_nh // H
@@ -69,6 +86,56 @@ def _kernel():
     return bind_triton(globals(), ()).jit(_wkv6_recurrent_fwd_kernel)
 
 
+def _forward(
+    r: Tensor,
+    k: Tensor,
+    v: Tensor,
+    w: Tensor,
+    u: Tensor,
+    state: Tensor | None,
+    cu_seqlens: Tensor | None,
+    reverse: bool,
+) -> tuple[Tensor, Tensor]:
+    f = Flat(r, k, v, w, cu_seqlens)
+    _, T, H, K, V = f.shape
+    BV = _block_v(V)
+    o = torch.empty(v.shape, dtype=v.dtype, device=v.device)  # written as the flat [B*T, H, V] stream
+    s_final = torch.empty(f.num_seqs, H, K, V, dtype=torch.float32, device=r.device)
+    s0 = state.contiguous() if state is not None else None
+    wrap_triton(_kernel())[(V // BV, f.num_seqs * H)](
+        f.r,
+        f.k,
+        f.v,
+        f.w,
+        u.contiguous(),
+        s0,
+        o,
+        s_final,
+        f.cu_seqlens,
+        T,
+        H,
+        f.w_tok,
+        f.w_head,
+        K=K,
+        V=V,
+        BV=BV,
+        REVERSE=reverse,
+        HAS_S0=s0 is not None,
+        IS_VARLEN=cu_seqlens is not None,
+        num_warps=2,
+    )
+    return o, s_final
+
+
+@functools.cache
+def triton_recurrent_op():
+    """``rwkvblocks::wkv6_triton_recurrent(r, k, v, w, u, state, cu_seqlens, reverse) -> (o, final_state)``,
+    a ``torch.library.triton_op`` registered on first use (registering imports Triton). Forward only."""
+    from torch.library import triton_op
+
+    return triton_op("rwkvblocks::wkv6_triton_recurrent", mutates_args=())(_forward)
+
+
 def wkv6_triton_recurrent(
     r: Tensor,
     k: Tensor,
@@ -83,7 +150,8 @@ def wkv6_triton_recurrent(
     """Token-by-token WKV in one Triton kernel, forward only (no argument checks; see ``ops.wkv6``).
 
     For decoding and other short inputs without gradients. Runs on CUDA tensors, or on CPU
-    tensors under ``TRITON_INTERPRET=1``. Reference: ``wkv6_reference``.
+    tensors under ``TRITON_INTERPRET=1``. Registered as the Triton op
+    ``rwkvblocks::wkv6_triton_recurrent``. Reference: ``wkv6_reference``.
 
     Shapes:
         r, k, w: `[B, T, H, K]` (``w`` may be a broadcast view); v: `[B, T, H, V]`; u: `[H, K]`;
@@ -92,14 +160,5 @@ def wkv6_triton_recurrent(
         16..128; inputs fp32, bf16 or fp16. Returns o `[B, T, H, V]` in ``r.dtype`` and the
         final states `[N, H, K, V]` fp32 (neither tracks gradients).
     """
-    f = Flat(r.detach(), k.detach(), v.detach(), w.detach(), cu_seqlens)
-    _, T, H, K, V = f.shape
-    BV = _block_v(V)
-    o = torch.empty_like(f.v)
-    s_final = torch.empty(f.num_seqs, H, K, V, dtype=torch.float32, device=r.device)
-    s0 = state.detach().contiguous() if state is not None else None
-    _kernel()[(V // BV, f.num_seqs * H)](
-        f.r, f.k, f.v, f.w, u.detach().contiguous(), s0, o, s_final, f.cu_seqlens, T, H, f.w_tok, f.w_head,
-        K=K, V=V, BV=BV, REVERSE=reverse, HAS_S0=s0 is not None, IS_VARLEN=cu_seqlens is not None, num_warps=2,
-    )  # fmt: skip
-    return o.view(v.shape), s_final
+    detached = (x.detach() if x is not None else None for x in (r, k, v, w, u, state))
+    return triton_recurrent_op()(*detached, cu_seqlens, reverse)

@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from .visualrwkv import VisualRWKV
+from ..models.visualrwkv import VisualRWKV
 
 __all__ = ["STAGES", "configure_stage", "set_trainable", "trainable_parameter_names"]
 

@@ -1,7 +1,9 @@
 """The paper's ablations as ``create_assembly`` calls: one preset plus the overrides of one knob.
 
 Each entry is ``(table, knob, variant, preset, overrides)``; ``README.md`` lists them, and
-``tests/assemblies/test_visualrwkv.py`` builds every one (on the ``meta`` device).
+``tests/assemblies/test_visualrwkv.py`` builds every one (on the ``meta`` device) and checks that its knob took
+effect. Overrides go to the configuration that has the field: ``prompt`` and ``loss`` to the ``DataConfig``,
+the rest to the ``VisualRWKVConfig``.
 """
 
 from __future__ import annotations

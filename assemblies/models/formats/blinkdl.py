@@ -1,4 +1,4 @@
-"""RWKV-5/6 language models: configuration, builder, and BlinkDL ``.pth`` checkpoints both ways.
+"""BlinkDL's RWKV-5/6 ``.pth`` checkpoints, both ways: ``load_blinkdl`` / ``save_blinkdl``.
 
 A BlinkDL checkpoint is a flat dict of tensors (DESIGN.md §5). Everything about the model — version
 (x052 / x060), vocabulary, width, layers, heads and head size, FFN width, LoRA ranks — is read from
@@ -7,130 +7,30 @@ tensor shapes, so any released size loads without a configuration file.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from rwkvblocks import (
-    ChannelMix,
-    DataDependentTokenShift,
-    RWKVBlock,
-    RWKVLanguageModel,
-    TimeMix,
-    ffn_dim,
-)
-from rwkvblocks.block import LAYER_NORM_EPS
+from rwkvblocks import DataDependentTokenShift, RWKVBlock, RWKVLanguageModel
 
-from ._io import atomic_file
+from ..._io import atomic_file
+from ..rwkv_lm import RWKVConfig, build_rwkv_lm
+from ._common import raise_key_problems, read_checkpoint
 
 __all__ = [
-    "RWKVConfig",
     "blinkdl_to_state_dict",
-    "build_rwkv_lm",
     "infer_rwkv_config",
-    "load_rwkv_lm",
+    "load_blinkdl",
+    "read_blinkdl",
     "rwkv_config_of",
-    "save_rwkv_lm",
+    "save_blinkdl",
     "state_dict_to_blinkdl",
 ]
-
-Version = Literal["x052", "x060"]
-
-
-@dataclass(frozen=True)
-class RWKVConfig:
-    """Architecture of an RWKV-5 (``x052``) or RWKV-6 (``x060``) language model.
-
-    ``mix_rank`` / ``decay_rank`` are the x060 LoRA ranks (32/64 in released models, 64/128 at
-    C = 4096) and are ignored for x052. ``ffn_dim=None`` means ``int(3.5 * dim) // 32 * 32``.
-    """
-
-    version: Version = "x060"
-    vocab_size: int = 65536
-    dim: int = 2048
-    num_layers: int = 24
-    head_dim: int = 64
-    ffn_dim: int | None = None
-    mix_rank: int = 32
-    decay_rank: int = 64
-
-    def __post_init__(self) -> None:
-        if self.version not in ("x052", "x060"):
-            raise ValueError(f"version must be 'x052' or 'x060', got {self.version!r}")
-        for name in ("vocab_size", "dim", "num_layers", "head_dim", "mix_rank", "decay_rank"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.dim % self.head_dim:
-            raise ValueError(f"dim={self.dim} must be a multiple of head_dim={self.head_dim}")
-        if self.ffn_dim is None:
-            object.__setattr__(self, "ffn_dim", ffn_dim(self.dim))
-
-    @property
-    def num_heads(self) -> int:
-        return self.dim // self.head_dim
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping) -> RWKVConfig:
-        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown RWKVConfig fields: {sorted(unknown)}")
-        return cls(**data)
-
-
-def build_rwkv_lm(
-    config: RWKVConfig,
-    *,
-    device: torch.device | str | None = None,
-    dtype: torch.dtype | None = None,
-) -> RWKVLanguageModel:
-    """A freshly initialised RWKV language model (BlinkDL's from-scratch init; none on ``meta``).
-
-    Example:
-        >>> import torch
-        >>> cfg = RWKVConfig(version="x060", vocab_size=100, dim=64, num_layers=2, head_dim=32)
-        >>> model = build_rwkv_lm(cfg)
-        >>> logits, state = model(torch.tensor([[1, 2, 3]]))
-        >>> logits.shape
-        torch.Size([1, 3, 100])
-    """
-    kw = {"device": device, "dtype": dtype}
-    L, C = config.num_layers, config.dim
-    blocks = []
-    for i in range(L):
-        if config.version == "x060":
-            att = TimeMix.rwkv6(
-                C,
-                head_dim=config.head_dim,
-                mix_rank=config.mix_rank,
-                decay_rank=config.decay_rank,
-                layer_idx=i,
-                num_layers=L,
-                **kw,
-            )
-            ffn = ChannelMix.rwkv6(C, hidden_dim=config.ffn_dim, layer_idx=i, num_layers=L, **kw)
-        else:
-            att = TimeMix.rwkv5(C, head_dim=config.head_dim, layer_idx=i, num_layers=L, **kw)
-            ffn = ChannelMix.rwkv5(C, hidden_dim=config.ffn_dim, layer_idx=i, num_layers=L, **kw)
-        blocks.append(RWKVBlock(att, ffn, dim=C, layer_idx=i, **kw))
-    model = RWKVLanguageModel(
-        nn.Embedding(config.vocab_size, C, **kw),
-        blocks,
-        nn.LayerNorm(C, eps=LAYER_NORM_EPS, **kw),
-        nn.Linear(C, config.vocab_size, bias=False, **kw),
-    )
-    model.reset_parameters()
-    return model
-
 
 # --------------------------------------------------------------------------------------------
 # BlinkDL <-> rwkvblocks key layout
@@ -246,6 +146,10 @@ def infer_rwkv_config(state_dict: Mapping[str, Tensor]) -> RWKVConfig:
     )
 
 
+def _describe_entry(value: object) -> str:
+    return str(list(value.shape)) if isinstance(value, Tensor) else type(value).__name__
+
+
 def blinkdl_to_state_dict(state_dict: Mapping[str, Tensor], config: RWKVConfig) -> dict[str, Tensor]:
     """Rename and reshape a BlinkDL state dict into ``RWKVLanguageModel`` keys (no copies of data).
 
@@ -257,12 +161,15 @@ def blinkdl_to_state_dict(state_dict: Mapping[str, Tensor], config: RWKVConfig) 
     missing = sorted(k for k in expected if k not in state_dict)
     unexpected = sorted(k for k in state_dict if k not in expected)
     misshaped = sorted(
-        f"{k}: expected {list(s)}, got {list(state_dict[k].shape) if isinstance(state_dict[k], Tensor) else type(state_dict[k]).__name__}"
+        f"{k}: expected {list(s)}, got {_describe_entry(state_dict[k])}"
         for k, s in expected.items()
         if k in state_dict and (not isinstance(state_dict[k], Tensor) or tuple(state_dict[k].shape) != s)
     )
     raise_key_problems(
-        f"checkpoint does not match an RWKV {config.version} model ({_describe(config)})", missing, unexpected, misshaped
+        f"checkpoint does not match an RWKV {config.version} model ({config.describe()})",
+        missing,
+        unexpected,
+        misshaped,
     )
     out = {}
     for entry in layout:
@@ -270,17 +177,6 @@ def blinkdl_to_state_dict(state_dict: Mapping[str, Tensor], config: RWKVConfig) 
         t = torch.cat([p.reshape(1, -1) for p in parts]) if len(parts) > 1 else parts[0]
         out[_our_key(entry.ours)] = t.reshape(entry.our_shape)
     return out
-
-
-def raise_key_problems(what: str, missing: list[str], unexpected: list[str], misshaped: list[str]) -> None:
-    """One ``ValueError`` naming every missing, unexpected and mis-shaped key (nothing when all fit)."""
-    if not (missing or unexpected or misshaped):
-        return
-    lines = [f"{what}:"]
-    for title, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)):
-        if items:
-            lines.append(f"  {title} ({len(items)}): " + ", ".join(items))
-    raise ValueError("\n".join(lines))
 
 
 def state_dict_to_blinkdl(state_dict: Mapping[str, Tensor], config: RWKVConfig) -> dict[str, Tensor]:
@@ -295,43 +191,27 @@ def state_dict_to_blinkdl(state_dict: Mapping[str, Tensor], config: RWKVConfig) 
 
 
 def rwkv_config_of(model: RWKVLanguageModel) -> RWKVConfig:
-    """The ``RWKVConfig`` of a model made by ``build_rwkv_lm`` / ``load_rwkv_lm``."""
+    """The ``RWKVConfig`` of a model made by ``build_rwkv_lm`` / ``load_blinkdl``.
+
+    Raises:
+        ValueError: the stack is not a plain x052 / x060 RWKV stack (a mixed stack has no BlinkDL form).
+    """
+    others = sorted({type(b).__name__ for b in model.blocks if not isinstance(b, RWKVBlock)})
+    if others:
+        raise ValueError(f"only a stack of RWKVBlock has a BlinkDL checkpoint form; this one also has {others}")
     att, ffn = model.blocks[0].att, model.blocks[0].ffn
     if isinstance(att.token_shift, DataDependentTokenShift):
         return RWKVConfig(
-            "x060", model.vocab_size, model.dim, len(model.blocks), att.head_dim, ffn.hidden_dim,
-            att.token_shift.rank, att.decay.rank,
-        )  # fmt: skip
+            "x060",
+            model.vocab_size,
+            model.dim,
+            len(model.blocks),
+            att.head_dim,
+            ffn.hidden_dim,
+            att.token_shift.rank,
+            att.decay.rank,
+        )
     return RWKVConfig("x052", model.vocab_size, model.dim, len(model.blocks), att.head_dim, ffn.hidden_dim)
-
-
-def _describe(c: RWKVConfig) -> str:
-    ranks = f", mix/decay LoRA {c.mix_rank}/{c.decay_rank}" if c.version == "x060" else ""
-    return f"{c.num_layers} layers, C={c.dim}, {c.num_heads} heads of {c.head_dim}, FFN {c.ffn_dim}, V={c.vocab_size}{ranks}"
-
-
-def read_checkpoint(path: str | os.PathLike) -> dict[str, Tensor]:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        try:
-            sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as err:  # legacy (non-zip) files cannot be memory-mapped
-            if "mmap" not in str(err):
-                raise
-            sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(
-            f"cannot read {path} as a tensor-only checkpoint (weights_only=True refuses pickled "
-            f"code, and the file must be a torch.save file): {err}"
-        ) from err
-    if not isinstance(sd, Mapping):
-        raise ValueError(f"{path} holds a {type(sd).__name__}, expected a dict of tensors")
-    others = sorted(f"{k} ({type(v).__name__})" for k, v in sd.items() if not isinstance(v, Tensor))
-    if others:
-        raise ValueError(f"{path} must hold only tensors; refusing entries: {', '.join(others[:10])}")
-    return dict(sd)
 
 
 def read_blinkdl(path: str | os.PathLike) -> tuple[RWKVConfig, dict[str, Tensor]]:
@@ -341,7 +221,7 @@ def read_blinkdl(path: str | os.PathLike) -> tuple[RWKVConfig, dict[str, Tensor]
     return config, blinkdl_to_state_dict(sd, config)
 
 
-def load_rwkv_lm(
+def load_blinkdl(
     path: str | os.PathLike,
     *,
     device: torch.device | str | None = None,
@@ -377,8 +257,8 @@ def load_rwkv_lm(
     return model.eval()
 
 
-def save_rwkv_lm(model: RWKVLanguageModel, path: str | os.PathLike, *, dtype: torch.dtype | None = None) -> None:
-    """Write ``model`` as a BlinkDL ``.pth`` (readable by ``load_rwkv_lm`` and the ``rwkv`` package).
+def save_blinkdl(model: RWKVLanguageModel, path: str | os.PathLike, *, dtype: torch.dtype | None = None) -> None:
+    """Write ``model`` as a BlinkDL ``.pth`` (readable by ``load_blinkdl`` and the ``rwkv`` package).
 
     The file is written to a temporary name beside ``path`` and renamed into place, so a crash
     never leaves a truncated checkpoint. ``dtype=None`` keeps the parameter dtype.

@@ -16,20 +16,37 @@ from __future__ import annotations
 import fnmatch
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
-from .rwkv_lm import RWKVConfig, read_blinkdl
-from .visualrwkv import EncoderConfig, VisualRWKV, VisualRWKVConfig, build_visualrwkv
+from .config import DataConfig, EncoderConfig, VisualRWKVConfig, split_overrides
+from .formats.blinkdl import read_blinkdl
+from .rwkv_lm import RWKVConfig
+from .visualrwkv import VisualRWKV, build_visualrwkv
 
-__all__ = ["create_assembly", "get_assembly_config", "list_assemblies", "register_assembly"]
-
-_PRESETS: dict[str, Callable[[], VisualRWKVConfig]] = {}
+__all__ = ["Preset", "create_assembly", "get_assembly_config", "list_assemblies", "register_assembly"]
 
 
-def register_assembly(fn: Callable[[], VisualRWKVConfig]) -> Callable[[], VisualRWKVConfig]:
-    """Register a preset: a function without arguments, named like the preset, returning its config."""
+class Preset(NamedTuple):
+    """A preset: the network (``config``) paired with the data and loss it is used with (``data``)."""
+
+    config: VisualRWKVConfig
+    data: DataConfig
+
+    def replace(self, **overrides: Any) -> Preset:
+        """Apply ``create_assembly``-style overrides, each routed to the configuration that has the field."""
+        model, data = split_overrides(overrides)
+        return Preset(
+            self.config.replace(**model) if model else self.config, self.data.replace(**data) if data else self.data
+        )
+
+
+_PRESETS: dict[str, Callable[[], Preset]] = {}
+
+
+def register_assembly(fn: Callable[[], Preset]) -> Callable[[], Preset]:
+    """Register a preset: a function without arguments, named like the preset, returning its ``Preset``."""
     if fn.__name__ in _PRESETS:
         raise ValueError(f"assembly {fn.__name__!r} is already registered")
     _PRESETS[fn.__name__] = fn
@@ -41,14 +58,14 @@ def list_assemblies(pattern: str = "*") -> list[str]:
     return sorted(n for n in _PRESETS if fnmatch.fnmatchcase(n, pattern))
 
 
-def get_assembly_config(name: str, **overrides: Any) -> VisualRWKVConfig:
-    """The configuration of preset ``name`` with ``overrides`` (see ``VisualRWKVConfig.replace``)."""
+def get_assembly_config(name: str, **overrides: Any) -> Preset:
+    """The ``Preset`` (model and data configurations) of ``name`` with ``overrides`` applied."""
     if name not in _PRESETS:
         close = fnmatch.filter(_PRESETS, f"*{name.split('_')[-1]}*") if "_" in name else []
         hint = f"; similar: {', '.join(sorted(close))}" if close else ""
         raise ValueError(f"unknown assembly {name!r}{hint}; see list_assemblies()")
-    config = _PRESETS[name]()
-    return config.replace(**overrides) if overrides else config
+    preset = _PRESETS[name]()
+    return preset.replace(**overrides) if overrides else preset
 
 
 def create_assembly(
@@ -59,7 +76,7 @@ def create_assembly(
     init_lm: str | os.PathLike | None = None,
     **overrides: Any,
 ) -> VisualRWKV:
-    """Build preset ``name`` with ``overrides`` of any ``VisualRWKVConfig`` field.
+    """Build preset ``name`` with ``overrides`` of any ``VisualRWKVConfig`` or ``DataConfig`` field.
 
     Args:
         name: A name from ``list_assemblies()``.
@@ -70,15 +87,15 @@ def create_assembly(
             ``lm={"version": "x052"}``, ``hybrid_layers=(23,)``, ``loss="batch"``.
 
     Example:
-        >>> model = create_assembly("visualrwkv_tiny", scan="multi")
-        >>> model.config.scan, model.image_tokens
-        ('multi', 17)
+        >>> model = create_assembly("visualrwkv_tiny", scan="multi", prompt="image_last")
+        >>> model.config.scan, model.data_config.prompt, model.image_tokens
+        ('multi', 'image_last', 17)
     """
     lm_state = None
     if init_lm is not None:
         overrides["lm"], lm_state = read_blinkdl(init_lm)
-    config = get_assembly_config(name, **overrides)
-    model = build_visualrwkv(config, device=device, dtype=dtype)
+    config, data = get_assembly_config(name, **overrides)
+    model = build_visualrwkv(config, data, device=device, dtype=dtype)
     if lm_state is not None:
         target = model.lm.emb.weight
         model.lm.load_state_dict({k: v.to(device=target.device, dtype=target.dtype) for k, v in lm_state.items()})
@@ -110,79 +127,85 @@ def _tiny_lm(version: str) -> RWKVConfig:
     return RWKVConfig(version, 257, 64, 2, 32, None, 8, 16)
 
 
-def _visualrwkv(lm: RWKVConfig, encoder: EncoderConfig) -> VisualRWKVConfig:
-    return VisualRWKVConfig(lm=lm, encoder=encoder, scan="bi", prompt="sandwich", loss="sample")
+def _visualrwkv(lm: RWKVConfig, encoder: EncoderConfig, tokenizer: str = "world") -> Preset:
+    return Preset(
+        VisualRWKVConfig(lm=lm, encoder=encoder, scan="bi"),
+        DataConfig(prompt="sandwich", tokenizer=tokenizer, loss="sample"),
+    )
 
 
-def _base(lm: RWKVConfig, encoder: EncoderConfig) -> VisualRWKVConfig:
-    return VisualRWKVConfig(lm=lm, encoder=encoder, scan="uni", prompt="image_first", loss="batch")
+def _base(lm: RWKVConfig, encoder: EncoderConfig, tokenizer: str = "world") -> Preset:
+    return Preset(
+        VisualRWKVConfig(lm=lm, encoder=encoder, scan="uni"),
+        DataConfig(prompt="image_first", tokenizer=tokenizer, loss="batch"),
+    )
 
 
-def _hybrid(lm: RWKVConfig, encoder: EncoderConfig) -> VisualRWKVConfig:
-    return _base(lm, encoder).replace(hybrid_layers=(lm.num_layers - 1,))
+def _hybrid(lm: RWKVConfig, encoder: EncoderConfig, tokenizer: str = "world") -> Preset:
+    return _base(lm, encoder, tokenizer).replace(hybrid_layers=(lm.num_layers - 1,))
 
 
 @register_assembly
-def visualrwkv_1b6_clipl336() -> VisualRWKVConfig:
+def visualrwkv_1b6_clipl336() -> Preset:
     """VisualRWKV on RWKV-6 World 1.6B (paper: 1.9 B parameters in all)."""
     return _visualrwkv(_lm("x060", "1b6"), _clip_l336("last"))
 
 
 @register_assembly
-def visualrwkv_3b_clipl336() -> VisualRWKVConfig:
+def visualrwkv_3b_clipl336() -> Preset:
     """VisualRWKV on RWKV-6 World 3B (paper: 3.4 B)."""
     return _visualrwkv(_lm("x060", "3b"), _clip_l336("last"))
 
 
 @register_assembly
-def visualrwkv_7b_clipl336() -> VisualRWKVConfig:
+def visualrwkv_7b_clipl336() -> Preset:
     """VisualRWKV on RWKV-6 World 7B (paper: 7.9 B)."""
     return _visualrwkv(_lm("x060", "7b"), _clip_l336("last"))
 
 
 @register_assembly
-def visualrwkv_base_1b6_clipl336() -> VisualRWKVConfig:
+def visualrwkv_base_1b6_clipl336() -> Preset:
     """VisualRWKV-Base on RWKV-5 World 1.5B (24 layers, width 2048)."""
     return _base(_lm("x052", "1b6"), _clip_l336("first"))
 
 
 @register_assembly
-def visualrwkv_base_3b_clipl336() -> VisualRWKVConfig:
+def visualrwkv_base_3b_clipl336() -> Preset:
     """VisualRWKV-Base on RWKV-5 World 3B."""
     return _base(_lm("x052", "3b"), _clip_l336("first"))
 
 
 @register_assembly
-def visualrwkv_base_7b_clipl336() -> VisualRWKVConfig:
+def visualrwkv_base_7b_clipl336() -> Preset:
     """VisualRWKV-Base on RWKV-5 World 7B."""
     return _base(_lm("x052", "7b"), _clip_l336("first"))
 
 
 @register_assembly
-def visualrwkv_hybrid_1b6_clipl336() -> VisualRWKVConfig:
+def visualrwkv_hybrid_1b6_clipl336() -> Preset:
     """VisualRWKV-Hybrid: Base 1.5B plus TinyAttention (width 2048, 32 heads) after the last block."""
     return _hybrid(_lm("x052", "1b6"), _clip_l336("first"))
 
 
 @register_assembly
-def visualrwkv_hybrid_7b_clipl336() -> VisualRWKVConfig:
+def visualrwkv_hybrid_7b_clipl336() -> Preset:
     """VisualRWKV-Hybrid: Base 7B plus TinyAttention (width 4096, 64 heads) after block 31 of 32."""
     return _hybrid(_lm("x052", "7b"), _clip_l336("first"))
 
 
 @register_assembly
-def visualrwkv_tiny() -> VisualRWKVConfig:
+def visualrwkv_tiny() -> Preset:
     """Toy VisualRWKV (RWKV-6, bi scan, sandwich prompt, CLS last) for tests and the demo."""
-    return _visualrwkv(_tiny_lm("x060"), _tiny_clip("last")).replace(context_length=256)
+    return _visualrwkv(_tiny_lm("x060"), _tiny_clip("last"), "byte").replace(context_length=256)
 
 
 @register_assembly
-def visualrwkv_base_tiny() -> VisualRWKVConfig:
+def visualrwkv_base_tiny() -> Preset:
     """Toy VisualRWKV-Base (RWKV-5, uni scan, image-first prompt, CLS first)."""
-    return _base(_tiny_lm("x052"), _tiny_clip("first")).replace(context_length=256)
+    return _base(_tiny_lm("x052"), _tiny_clip("first"), "byte").replace(context_length=256)
 
 
 @register_assembly
-def visualrwkv_hybrid_tiny() -> VisualRWKVConfig:
+def visualrwkv_hybrid_tiny() -> Preset:
     """Toy VisualRWKV-Hybrid (toy Base plus TinyAttention after the last block)."""
-    return _hybrid(_tiny_lm("x052"), _tiny_clip("first")).replace(context_length=256, hybrid_head_dim=32)
+    return _hybrid(_tiny_lm("x052"), _tiny_clip("first"), "byte").replace(context_length=256, hybrid_head_dim=32)

@@ -1,0 +1,328 @@
+"""The two configurations of a VisualRWKV assembly: the network, and the data and loss it is trained with.
+
+- ``VisualRWKVConfig``: the architecture only — language model, image encoder and token layout, projector,
+  scan schedule, hybrid attention layers. It decides the parameters and the computation.
+- ``DataConfig``: how conversations become sequences and how their loss is reduced — prompt mode, context
+  length, tokenizer, loss reduction and L2Wrap. The data pipeline, the training loop and inference read the
+  prompt mode from here and nowhere else.
+
+A preset pairs the two; ``config.json`` of a ``save_pretrained`` directory stores both. Both are frozen,
+hashable and JSON-serialisable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from rwkvblocks.scan import DIRECTIONS, SCHEDULES
+from rwkvblocks.vision import TokenLayout
+
+from .rwkv_lm import RWKVConfig
+
+__all__ = ["DataConfig", "EncoderConfig", "FrozenOptions", "VisualRWKVConfig", "split_overrides"]
+
+PROMPTS = ("image_first", "image_last", "sandwich")
+TOKENIZERS = ("world", "byte")
+LOSSES = ("sample", "batch")
+
+
+class FrozenOptions(Mapping):
+    """An immutable, hashable mapping (nested mappings frozen too, lists become tuples).
+
+    It lets a frozen dataclass hold keyword arguments (``EncoderConfig.options``) and still be hashable;
+    ``to_dict`` gives plain dicts and lists back for JSON.
+
+    Example:
+        >>> opts = FrozenOptions({"vision_overrides": {"width": 64}, "img_size": [56, 56]})
+        >>> opts["vision_overrides"]["width"], opts["img_size"], hash(opts) == hash(FrozenOptions(opts))
+        (64, (56, 56), True)
+    """
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: Mapping[str, Any] | None = None) -> None:
+        items = dict(items or {})
+        bad = [k for k in items if not isinstance(k, str)]
+        if bad:
+            raise ValueError(f"option names must be strings, got {bad!r}")
+        self._items = tuple(sorted((k, _freeze(v)) for k, v in items.items()))
+
+    def __getitem__(self, key: str) -> Any:
+        for k, v in self._items:
+            if k == key:
+                return v
+        raise KeyError(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return (k for k, _ in self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __hash__(self) -> int:
+        return hash(self._items)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, FrozenOptions):
+            return self._items == other._items
+        return isinstance(other, Mapping) and self._items == FrozenOptions(other)._items
+
+    def __repr__(self) -> str:
+        return f"FrozenOptions({self.to_dict()!r})"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: _thaw(v) for k, v in self._items}
+
+    def merged(self, changes: Mapping[str, Any]) -> FrozenOptions:
+        """A copy with ``changes``; a nested mapping is merged key by key, not replaced."""
+        out = self.to_dict()
+        for key, value in changes.items():
+            if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+                out[key] = {**out[key], **_thaw(FrozenOptions(value))}
+            else:
+                out[key] = value
+        return FrozenOptions(out)
+
+
+def _freeze(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return value if isinstance(value, FrozenOptions) else FrozenOptions(value)
+    if isinstance(value, (list, tuple)):
+        return tuple(_freeze(v) for v in value)
+    return value
+
+
+def _thaw(value: Any) -> Any:
+    if isinstance(value, FrozenOptions):
+        return value.to_dict()
+    if isinstance(value, tuple):
+        return [_thaw(v) for v in value]
+    return value
+
+
+def _check(checks: Mapping[str, tuple[bool, str]], owner: Any) -> None:
+    for name, (ok, expected) in checks.items():
+        if not ok:
+            raise ValueError(f"{name} must be {expected}, got {getattr(owner, name)!r}")
+
+
+def _replace_fields(instance: Any, changes: Mapping[str, Any]) -> Any:
+    unknown = set(changes) - {f.name for f in dataclasses.fields(instance)}
+    if unknown:
+        raise ValueError(f"unknown {type(instance).__name__} fields: {sorted(unknown)}")
+    return dataclasses.replace(instance, **changes)
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """Which image encoder, which layer, and how its tokens are laid out.
+
+    Attributes:
+        kind: ``"open_clip"`` or ``"timm"``.
+        name: open_clip model name (``"ViT-L-14-336"``) or timm model name.
+        layer: Transformer block (or stage) whose output is used; -1 = last (upstream).
+        cls: Where the class (prefix) tokens go: ``"first"`` (Base, Hybrid), ``"last"`` (VisualRWKV)
+            or ``"none"``.
+        pool: Side ``g`` of the average-pooled patch grid (24, 12, 8, 6, 4, 3, 2), ``None`` = full grid.
+        keep_patches: ``False`` keeps only the class token (1 token per image).
+        options: Extra keyword arguments of the encoder (a ``FrozenOptions``; pass a dict):
+            ``vision_overrides`` / ``pretrained_tag`` / ``quick_gelu`` for open_clip, ``timm.create_model``
+            arguments (``img_size``, ``depth``...) for timm.
+    """
+
+    kind: Literal["open_clip", "timm"] = "open_clip"
+    name: str = "ViT-L-14-336"
+    layer: int = -1
+    cls: Literal["first", "last", "none"] = "last"
+    pool: int | None = None
+    keep_patches: bool = True
+    options: FrozenOptions = field(default_factory=FrozenOptions)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.options, FrozenOptions):
+            if not isinstance(self.options, Mapping):
+                raise ValueError(f"encoder options must be a mapping, got {type(self.options).__name__}")
+            object.__setattr__(self, "options", FrozenOptions(self.options))
+        _check(
+            {
+                "kind": (self.kind in ("open_clip", "timm"), "'open_clip' or 'timm'"),
+                "cls": (self.cls in ("first", "last", "none"), "'first', 'last' or 'none'"),
+            },
+            self,
+        )
+
+    def layout(self) -> TokenLayout:
+        return TokenLayout(prefix=self.cls, pool=self.pool, keep_patches=self.keep_patches)
+
+    def kwargs(self) -> dict[str, Any]:
+        """``options`` as plain keyword arguments for the encoder class."""
+        return self.options.to_dict()
+
+    def replace(self, **changes: Any) -> EncoderConfig:
+        """A copy with ``changes``; ``options=`` is merged into the current options (nested dicts too)."""
+        if "options" in changes and isinstance(changes["options"], Mapping):
+            changes = {**changes, "options": self.options.merged(changes["options"])}
+        return _replace_fields(self, changes)
+
+    def to_dict(self) -> dict:
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        data["options"] = self.options.to_dict()
+        return data
+
+
+@dataclass(frozen=True)
+class VisualRWKVConfig:
+    """The network of a VisualRWKV model (everything that decides its parameters and computation).
+
+    Attributes:
+        lm: The RWKV language model (``version`` x052 = RWKV-5 static recurrence, x060 = RWKV-6
+            data-dependent recurrence).
+        encoder: The image encoder and its token layout.
+        projector: ``"linear"`` (upstream: one bias-free ``Linear``) or ``"mlp"``.
+        projector_depth: Linear layers of the MLP projector.
+        scan: ``"uni"``, ``"bi"``, ``"multi"`` or a tuple of directions (see ``ScanPermuter``).
+        hybrid_layers: Blocks followed by a ``PreNormTinyAttention`` layer (VisualRWKV-Hybrid: the last).
+        hybrid_dim: Width of the tiny attention (``None`` = ``lm.dim``); head size ``hybrid_head_dim``.
+    """
+
+    lm: RWKVConfig = field(default_factory=RWKVConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    projector: Literal["linear", "mlp"] = "linear"
+    projector_depth: int = 2
+    scan: str | tuple[str, ...] = "bi"
+    hybrid_layers: tuple[int, ...] = ()
+    hybrid_dim: int | None = None
+    hybrid_head_dim: int = 64
+
+    def __post_init__(self) -> None:
+        if isinstance(self.lm, Mapping):
+            object.__setattr__(self, "lm", RWKVConfig.from_dict(self.lm))
+        if isinstance(self.encoder, Mapping):
+            object.__setattr__(self, "encoder", _from_fields(EncoderConfig, self.encoder))
+        if not isinstance(self.scan, str):
+            object.__setattr__(self, "scan", tuple(self.scan))
+        object.__setattr__(self, "hybrid_layers", tuple(sorted(set(self.hybrid_layers))))
+        custom_scan_ok = not isinstance(self.scan, str) and bool(self.scan) and set(self.scan) <= set(DIRECTIONS)
+        _check(
+            {
+                "projector": (self.projector in ("linear", "mlp"), "'linear' or 'mlp'"),
+                "scan": (
+                    self.scan in SCHEDULES if isinstance(self.scan, str) else custom_scan_ok,
+                    f"one of {sorted(SCHEDULES)} or a tuple of {DIRECTIONS}",
+                ),
+                "hybrid_layers": (
+                    all(0 <= i < self.lm.num_layers for i in self.hybrid_layers),
+                    f"block indices in [0, {self.lm.num_layers})",
+                ),
+            },
+            self,
+        )
+
+    def replace(self, **changes: Any) -> VisualRWKVConfig:
+        """A copy with ``changes``; ``lm=`` and ``encoder=`` also accept dicts of the fields to change."""
+        if isinstance(changes.get("lm"), Mapping):
+            lm_changes = dict(changes["lm"])
+            if "dim" in lm_changes and "ffn_dim" not in lm_changes:
+                lm_changes["ffn_dim"] = None  # follow the new width
+            changes = {**changes, "lm": _replace_fields(self.lm, lm_changes)}
+        if isinstance(changes.get("encoder"), Mapping):
+            changes = {**changes, "encoder": self.encoder.replace(**changes["encoder"])}
+        return _replace_fields(self, changes)
+
+    def to_dict(self) -> dict:
+        return {
+            "lm": self.lm.to_dict(),
+            "encoder": self.encoder.to_dict(),
+            "projector": self.projector,
+            "projector_depth": self.projector_depth,
+            "scan": self.scan if isinstance(self.scan, str) else list(self.scan),
+            "hybrid_layers": list(self.hybrid_layers),
+            "hybrid_dim": self.hybrid_dim,
+            "hybrid_head_dim": self.hybrid_head_dim,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> VisualRWKVConfig:
+        return _from_fields(cls, data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> VisualRWKVConfig:
+        return cls.from_dict(json.loads(text))
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """How conversations become token sequences, and how their loss is reduced.
+
+    Attributes:
+        prompt: Where images go in a turn: ``"image_first"``, ``"image_last"`` or ``"sandwich"``
+            (``rwkvblocks.prompting.prompt_builder``). Training stages may change it (stage 1 uses image
+            first); ``assemblies.training.TrainRecipe.data_for`` derives the stage's ``DataConfig``.
+        context_length: Longest sequence the collator keeps (truncation rule of DESIGN.md §8).
+        tokenizer: ``"world"`` (RWKV World vocabulary, 65,536 ids) or ``"byte"`` (257 ids, for toys).
+        loss: ``"sample"`` (``SampleLevelCE``: mean per sample, then over samples) or ``"batch"``
+            (``BatchLevelCE``: mean over every valid token).
+        l2wrap: Add upstream's L2Wrap gradient to the loss.
+    """
+
+    prompt: Literal["image_first", "image_last", "sandwich"] = "sandwich"
+    context_length: int = 2048
+    tokenizer: Literal["world", "byte"] = "world"
+    loss: Literal["sample", "batch"] = "sample"
+    l2wrap: bool = False
+
+    def __post_init__(self) -> None:
+        _check(
+            {
+                "prompt": (self.prompt in PROMPTS, " or ".join(repr(p) for p in PROMPTS)),
+                "context_length": (isinstance(self.context_length, int) and self.context_length >= 1, "a positive int"),
+                "tokenizer": (self.tokenizer in TOKENIZERS, " or ".join(repr(t) for t in TOKENIZERS)),
+                "loss": (self.loss in LOSSES, "'sample' or 'batch'"),
+            },
+            self,
+        )
+
+    def replace(self, **changes: Any) -> DataConfig:
+        return _replace_fields(self, changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> DataConfig:
+        return _from_fields(cls, data)
+
+
+def _from_fields(cls, data: Mapping):
+    unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
+    return cls(**data)
+
+
+_DATA_FIELDS = frozenset(f.name for f in dataclasses.fields(DataConfig))
+_MODEL_FIELDS = frozenset(f.name for f in dataclasses.fields(VisualRWKVConfig))
+
+
+def split_overrides(overrides: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Route ``create_assembly``-style overrides to the model config and the data config by field name.
+
+    Raises:
+        ValueError: a name that is a field of neither (all such names listed).
+    """
+    unknown = set(overrides) - _DATA_FIELDS - _MODEL_FIELDS
+    if unknown:
+        raise ValueError(
+            f"unknown VisualRWKVConfig fields: {sorted(unknown)} (model fields: {sorted(_MODEL_FIELDS)}; "
+            f"data fields: {sorted(_DATA_FIELDS)})"
+        )
+    model = {k: v for k, v in overrides.items() if k in _MODEL_FIELDS}
+    data = {k: v for k, v in overrides.items() if k in _DATA_FIELDS}
+    return model, data
