@@ -117,6 +117,146 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_model(spec: str, device: str, dtype: str | None):
+    """A ``save_pretrained`` directory, or a preset name (random weights, for trying the command out)."""
+    from pathlib import Path
+
+    from .models import VisualRWKV, create_assembly, list_assemblies
+
+    torch_dtype = DTYPES[dtype] if dtype else None
+    if Path(spec).is_dir():
+        return VisualRWKV.from_pretrained(spec, device=device, dtype=torch_dtype), Path(spec).name
+    if spec in list_assemblies():
+        print(f"note: {spec} is a preset: random weights (pass a save_pretrained directory for a trained model)")
+        return create_assembly(spec, device=device, dtype=torch_dtype).eval(), spec
+    raise ValueError(f"--model {spec!r} is neither a save_pretrained directory nor a preset (rwkvblocks list)")
+
+
+def _sampling(args: argparse.Namespace, model):
+    from .models.config import default_sampling
+
+    return default_sampling(
+        model.data_config,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        seed=args.seed,
+    )
+
+
+def _chat(args: argparse.Namespace) -> int:
+    from .models.generation import ChatSession
+
+    model, _ = _load_model(args.model, args.device, args.dtype)
+    session = ChatSession(model, _sampling(args, model))
+    if args.image:
+        session.set_image(args.image)
+
+    def answer(question: str) -> None:
+        for piece in session.ask(question):
+            print(piece, end="", flush=True)
+        print()
+
+    if args.question:
+        answer(args.question)
+        return 0
+    interactive = sys.stdin.isatty()
+    if interactive:
+        print("chat: type a question; /image PATH, /reset, /quit", flush=True)
+    for line in sys.stdin:
+        line = line.strip()
+        if not line:
+            continue
+        if line in ("/quit", "/exit"):
+            break
+        if line == "/reset":
+            session.reset()
+            print("(conversation reset)", flush=True)
+        elif line.startswith("/image"):
+            path = line[len("/image") :].strip()
+            try:
+                session.set_image(path or None)
+            except (FileNotFoundError, ValueError) as err:
+                print(f"error: {err}", file=sys.stderr, flush=True)
+                continue
+            print(f"(new conversation about {path})" if path else "(no image)", flush=True)
+        else:
+            if interactive:
+                print("> ", end="", flush=True)
+            answer(line)
+    return 0
+
+
+def _generate(args: argparse.Namespace) -> int:
+    import json
+    import os
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from .models import generate
+
+    model, model_id = _load_model(args.model, args.device, args.dtype)
+    config = _sampling(args, model)
+    questions = []
+    with open(args.questions, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    q = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"{args.questions}:{n}: not a JSON line: {err}") from None
+                missing = [k for k in ("question_id", "text") if k not in q]
+                if missing:
+                    raise ValueError(f"{args.questions}:{n}: missing {', '.join(missing)}")
+                questions.append(q)
+    out = Path(args.out)
+    done = _answered(out)
+    todo = [q for q in questions if q["question_id"] not in done]
+    print(f"{len(questions)} questions, {len(questions) - len(todo)} already answered in {out}", flush=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        with tqdm(total=len(todo), unit="q", desc="generate") as bar:
+            for i in range(0, len(todo), args.batch_size):
+                batch = todo[i : i + args.batch_size]
+                convs = [
+                    [{"from": "human", "value": ("<image>\n" if q.get("image") else "") + q["text"]}] for q in batch
+                ]
+                images = [Path(args.images or ".") / q["image"] if q.get("image") else None for q in batch]
+                for q, result in zip(batch, generate(model, convs, images, config)):
+                    record = {
+                        "question_id": q["question_id"],
+                        "prompt": q["text"],
+                        "text": result.text,
+                        "answer_id": f"{model_id}-{q['question_id']}",
+                        "model_id": model_id,
+                        "metadata": {"finish_reason": result.finish_reason, "tokens": len(result.tokens)},
+                    }
+                    os.write(fd, (json.dumps(record, ensure_ascii=False) + "\n").encode())  # one whole line
+                os.fsync(fd)
+                bar.update(len(batch))
+    finally:
+        os.close(fd)
+    print(f"wrote {len(todo)} answers to {out}")
+    return 0
+
+
+def _answered(path) -> set:
+    """Question ids already in an answers file; a last line cut by a kill is dropped from the file."""
+    import json
+
+    if not path.is_file():
+        return set()
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        with open(path, "r+b") as f:
+            f.truncate(data.rfind(b"\n") + 1)
+        data = data[: data.rfind(b"\n") + 1]
+    return {json.loads(line)["question_id"] for line in data.decode().splitlines() if line.strip()}
+
+
 def _list(args: argparse.Namespace) -> int:
     from .models import create_assembly, get_assembly_config, list_assemblies
 
@@ -196,6 +336,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     p.add_argument("--on-bad-sample", choices=["raise", "skip"], default="raise")
     p.set_defaults(run=_train)
+    for name, helptext, run in (
+        ("chat", "answer a question about an image, or chat on stdin (/image PATH, /reset)", _chat),
+        ("generate", "answer a LLaVA question file (.jsonl) into an answers file, resumable", _generate),
+    ):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("--model", required=True, help="save_pretrained directory or preset name")
+        p.add_argument("--device", default="cpu")
+        p.add_argument("--dtype", choices=sorted(DTYPES), help="parameter dtype (default: the stored one)")
+        p.add_argument("--max-new-tokens", type=int, default=256)
+        p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+        p.add_argument("--top-p", type=float, default=1.0)
+        p.add_argument("--top-k", type=int, default=0)
+        p.add_argument("--seed", type=int)
+        if name == "chat":
+            p.add_argument("question", nargs="?", help="one question (default: read questions from stdin)")
+            p.add_argument("--image", help="image file the conversation is about")
+        else:
+            p.add_argument("--questions", required=True, help="JSON lines: question_id, image, text")
+            p.add_argument("--images", help="folder the questions' image paths are relative to")
+            p.add_argument("--out", required=True, help="answers file (JSON lines); existing answers are kept")
+            p.add_argument("--batch-size", type=int, default=8)
+        p.set_defaults(run=run)
     p = sub.add_parser("list", help="list the presets")
     p.add_argument("pattern", nargs="?", default="*")
     p.add_argument("--params", action="store_true", help="count parameters (each preset built on the meta device)")

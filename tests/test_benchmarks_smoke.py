@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import subprocess
 import sys
 from pathlib import Path
 
@@ -63,3 +64,34 @@ def test_losses_benchmark_measures_both_implementations(tmp_path, capsys):
     rows = bench.main(["--B", "1", "--T", "16", "--V", "64", "--out", str(tmp_path)])
     assert any("rwkvblocks SampleLevelCE" in r for r in rows) and any("plain F.cross_entropy" in r for r in rows)
     assert "MiB" in (tmp_path / "losses-cpu-bf16.md").read_text()
+
+
+def test_inference_benchmark_quick_run_writes_table_and_plot(tmp_path):
+    cmd = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "inference.py"),
+        "--quick",
+        "--threads",
+        "1",
+        "--out",
+        str(tmp_path),
+    ]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert run.returncode == 0, run.stderr[-2000:]
+    table = (tmp_path / "inference-cpu-fp32.md").read_text()
+    assert "| ours ms/token (IQR) | transformer ms/token (IQR) |" in table
+    for context in (16, 32):  # one row per context, a latency for each model
+        row = next(line for line in table.splitlines() if line.startswith(f"| {context} | "))
+        ours, theirs = (float(cell.split()[0]) for cell in row.split("|")[2:4])
+        assert ours > 0 and theirs > 0
+    assert "ours decode per token: 32 / 16 =" in table and "transformer decode per token: 32 / 16 =" in table
+    assert (tmp_path / "inference-cpu-fp32.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(tmp_path.glob("*.tmp"))  # written atomically
+
+    # the 1.6B GPU plan, on meta (no device needed): both models 1.6B-sized, contexts to 24,576
+    plan = _load("inference").main(["--preset", "1b6", "--device", "cuda", "--dtype", "bf16", "--dry-run"])
+    ours, theirs = plan["info"]["ours_params"], plan["info"]["llama_params"]
+    assert 1.55e9 < ours < 1.65e9 and abs(theirs - ours) / ours < 0.01
+    assert max(plan["plan"].contexts) == 24576
+    cfg = plan["llama_config"]
+    assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.vocab_size) == (2048, 24, 65536)

@@ -18,12 +18,23 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from rwkvblocks.generation import SamplingConfig
+from rwkvblocks.prompting import ByteTokenizer, PromptBuilder, Tokenizer, WorldTokenizer, prompt_builder
 from rwkvblocks.scan import DIRECTIONS, SCHEDULES
 from rwkvblocks.vision import TokenLayout
 
 from .rwkv_lm import RWKVConfig
 
-__all__ = ["DataConfig", "EncoderConfig", "FrozenOptions", "VisualRWKVConfig", "split_overrides"]
+__all__ = [
+    "DataConfig",
+    "EncoderConfig",
+    "FrozenOptions",
+    "VisualRWKVConfig",
+    "default_sampling",
+    "make_prompt_builder",
+    "make_tokenizer",
+    "split_overrides",
+]
 
 PROMPTS = ("image_first", "image_last", "sandwich")
 TOKENIZERS = ("world", "byte")
@@ -326,3 +337,23 @@ def split_overrides(overrides: Mapping[str, Any]) -> tuple[dict[str, Any], dict[
     model = {k: v for k, v in overrides.items() if k in _MODEL_FIELDS}
     data = {k: v for k, v in overrides.items() if k in _DATA_FIELDS}
     return model, data
+
+
+def make_tokenizer(data: DataConfig) -> Tokenizer:
+    """``WorldTokenizer`` for ``"world"``, ``ByteTokenizer`` for ``"byte"``."""
+    return WorldTokenizer() if data.tokenizer == "world" else ByteTokenizer()
+
+
+def make_prompt_builder(data: DataConfig, tokenizer: Tokenizer | None = None) -> PromptBuilder:
+    """The prompt builder of ``data.prompt`` over ``tokenizer`` (default: ``make_tokenizer(data)``)."""
+    return prompt_builder(data.prompt, tokenizer if tokenizer is not None else make_tokenizer(data))
+
+
+def default_sampling(data: DataConfig, **changes: Any) -> SamplingConfig:
+    """Greedy decoding that stops where an assistant turn ends: the ``"\n\n"`` token (261) of the World
+    vocabulary, or the ``"\n\n"`` string for byte-level tokenizers; and at id 0 (end of document)."""
+    if data.tokenizer == "world":
+        stops: dict[str, Any] = {"stop_tokens": (261, 0)}
+    else:
+        stops = {"stop_tokens": (0,), "stop_strings": ("\n\n",)}
+    return SamplingConfig(**{**stops, **changes})

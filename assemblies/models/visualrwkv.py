@@ -27,6 +27,7 @@ from rwkvblocks import (
     ScanPermuter,
     ScanPlan,
 )
+from rwkvblocks.generation import SamplingConfig, decode
 from rwkvblocks.vision import ImageEncoder, LinearProjector, MLPProjector, OpenCLIPEncoder, TimmEncoder
 
 from .config import DataConfig, EncoderConfig, VisualRWKVConfig
@@ -182,24 +183,29 @@ class VisualRWKV(nn.Module):
         image_spans: Tensor | None = None,
         *,
         max_new_tokens: int = 64,
-        stop_tokens: Sequence[int] = (STOP_TOKEN, 0),
+        stop_tokens: Sequence[int] | None = None,
+        config: SamplingConfig | None = None,
     ) -> list[int]:
-        """Greedy decoding of one prompt `[1, T]`: prefill, then one token at a time with the state.
+        """Decode one tokenized prompt `[1, T]`: prefill (scan schedule honoured), then step the recurrent state.
 
-        Returns the generated ids, without the stop token.
+        Args:
+            input_ids, images, image_spans: As ``forward`` (one sample).
+            max_new_tokens, stop_tokens: Used when no ``config`` is given (greedy); ``stop_tokens=None`` stops at
+                id 0 and, for the World vocabulary, at ``"\n\n"`` (261).
+            config: Full sampling settings (``rwkvblocks.generation.SamplingConfig``).
+
+        Returns the generated ids, without the stop token. Conversations, images as files, batches, streaming
+        and prefix reuse: ``assemblies.models.generate``.
         """
         if input_ids.dim() != 2 or input_ids.shape[0] != 1:
             raise ValueError(f"generate takes one prompt [1, T], got shape {tuple(input_ids.shape)}")
-        logits, state = self.prefill(input_ids, images, image_spans)
-        out: list[int] = []
-        for _ in range(max_new_tokens):
-            token = int(logits.argmax(-1))
-            if token in stop_tokens:
-                break
-            out.append(token)
-            step, state = self.lm(torch.tensor([[token]], device=input_ids.device), state)
-            logits = step[:, -1]
-        return out
+        if config is None:
+            world = self.data_config.tokenizer == "world"
+            stops = tuple(stop_tokens) if stop_tokens is not None else ((STOP_TOKEN, 0) if world else (0,))
+            config = SamplingConfig(max_new_tokens=max_new_tokens, stop_tokens=stops)
+        start = self.prefill(input_ids, images, image_spans)
+        events = decode(lambda t, s: self.lm(t, s), [start], [config], vocab_size=self.lm.vocab_size)
+        return next(e.result.tokens for e in events if e.result is not None)
 
     # -- checkpoints -------------------------------------------------------------------------
 

@@ -12,29 +12,11 @@ from typing import Any
 
 from torch.utils.data import DataLoader
 
-from rwkvblocks.prompting import (
-    ByteTokenizer,
-    LLaVACollator,
-    LLaVADataset,
-    PromptBuilder,
-    Tokenizer,
-    WorldTokenizer,
-    prompt_builder,
-)
+from rwkvblocks.prompting import LLaVACollator, LLaVADataset, Tokenizer
 
-from ..models.config import DataConfig
+from ..models.config import DataConfig, make_prompt_builder, make_tokenizer
 
 __all__ = ["data_loader", "make_dataset", "make_prompt_builder", "make_tokenizer"]
-
-
-def make_tokenizer(data: DataConfig) -> Tokenizer:
-    """``WorldTokenizer`` for ``"world"``, ``ByteTokenizer`` for ``"byte"``."""
-    return WorldTokenizer() if data.tokenizer == "world" else ByteTokenizer()
-
-
-def make_prompt_builder(data: DataConfig, tokenizer: Tokenizer | None = None) -> PromptBuilder:
-    """The prompt builder of ``data.prompt`` over ``tokenizer`` (default: ``make_tokenizer(data)``)."""
-    return prompt_builder(data.prompt, tokenizer if tokenizer is not None else make_tokenizer(data))
 
 
 def make_dataset(

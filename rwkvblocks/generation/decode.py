@@ -1,0 +1,310 @@
+"""The decode loop over any model that follows the state protocol: batched, padding-free, streaming.
+
+A model here is two functions: ``prefill(tokens [b, T]) -> (last logits [b, V], state)`` for prompts of one
+length, and ``step(tokens [B, 1], state) -> (logits [B, 1, V], state)``; ``RWKVLanguageModel`` gives both
+(``lm_functions``). Prompts of different lengths are prefilled in groups of equal length and never padded, so
+no row's state depends on another's; rows then decode together in one batch (a *cohort*) and leave it when they
+finish (``RWKVState`` indexing). States that cannot share a batch (attention KV caches of different lengths, in
+hybrid models) decode in cohorts of their own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from ..state import RWKVState
+from .sampling import Penalties, SamplingConfig, process_logits, sample_token, top_logprobs
+from .text import TextStream
+
+__all__ = [
+    "GenerationEvent",
+    "GenerationResult",
+    "TokenLogprob",
+    "decode",
+    "generate_ids",
+    "lm_functions",
+    "score_continuations",
+]
+
+Prefill = Callable[[Tensor], tuple[Tensor, RWKVState]]
+Step = Callable[[Tensor, RWKVState], tuple[Tensor, RWKVState]]
+
+
+class TokenLogprob(NamedTuple):
+    """A generated token, the model's log-probability of it, and the most likely alternatives."""
+
+    token: int
+    logprob: float
+    top: list[tuple[int, float]]
+
+
+@dataclass
+class GenerationResult:
+    """What one request produced.
+
+    Attributes:
+        tokens: Generated ids (without the stop token).
+        text: Their text (without the stop string), when a ``decode_bytes`` was given.
+        finish_reason: ``"stop"`` (stop token or stop string) or ``"length"`` (``max_new_tokens``).
+        stop: The stop token id or stop string that ended it (``None`` for ``"length"``).
+        logprobs: One ``TokenLogprob`` per token when the config asked for them.
+        prompt_tokens: Length of the prompt.
+        state: With ``decode(..., return_state=True)``: the state after the prompt and every generated token
+            but the last (which was chosen and never fed); feed it (and the turn's end) to continue.
+    """
+
+    tokens: list[int] = field(default_factory=list)
+    text: str = ""
+    finish_reason: str = "length"
+    stop: int | str | None = None
+    logprobs: list[TokenLogprob] | None = None
+    prompt_tokens: int = 0
+    state: RWKVState | None = None
+
+
+class GenerationEvent(NamedTuple):
+    """One step of one request: its index, the token, the new final text (may be ``""``), and the result when
+    the request has finished (else ``None``)."""
+
+    index: int
+    token: int | None
+    piece: str
+    result: GenerationResult | None
+
+
+class _Row:
+    def __init__(self, index: int, config: SamplingConfig, vocab: int, device, decode_bytes, prompt_tokens: int):
+        self.index, self.config = index, config
+        self.generator = None
+        if not config.greedy:
+            self.generator = torch.Generator(device="cpu")
+            if config.seed is None:
+                self.generator.seed()
+            else:
+                self.generator.manual_seed(config.seed)
+        self.penalties = Penalties(vocab, device) if config.penalised else None
+        self.stream = TextStream(decode_bytes, config.stop_strings) if decode_bytes is not None else None
+        self.result = GenerationResult(
+            prompt_tokens=prompt_tokens, logprobs=[] if config.logprobs is not None else None
+        )
+
+    def choose(self, logits: Tensor) -> tuple[int | None, str, bool]:
+        """Pick the next token from this row's logits `[V]`; returns (token fed next or None, piece, done)."""
+        cfg, res = self.config, self.result
+        token = sample_token(process_logits(logits, cfg, self.penalties), cfg, self.generator)
+        if token in cfg.stop_tokens:
+            res.finish_reason, res.stop = "stop", token
+            return None, self._flush(), True
+        res.tokens.append(token)
+        if res.logprobs is not None:
+            res.logprobs.append(TokenLogprob(token, *top_logprobs(logits, token, cfg.logprobs)))
+        if self.penalties is not None:
+            self.penalties.update(token, cfg.penalty_decay)
+        piece = ""
+        if self.stream is not None:
+            piece = self.stream.push(token)
+            if self.stream.stopped is not None:
+                res.finish_reason, res.stop = "stop", self.stream.stopped
+                return None, piece + self._flush(), True
+        if len(res.tokens) >= cfg.max_new_tokens:
+            res.finish_reason = "length"
+            return None, piece + self._flush(), True
+        return token, piece, False
+
+    def _flush(self) -> str:
+        if self.stream is None:
+            return ""
+        piece = self.stream.flush()
+        self.result.text = self.stream.text
+        return piece
+
+
+class _Cohort:
+    """Rows that decode in one batch: their states joined, their pending logits `[b, V]`."""
+
+    def __init__(self, rows: list[_Row], state: RWKVState, logits: Tensor):
+        self.rows, self.state, self.logits = rows, state, logits
+
+
+def _join(cohorts: list[_Cohort], new: _Cohort) -> None:
+    """Add ``new`` to the first cohort whose states it can be batched with, else keep it apart."""
+    for cohort in cohorts:
+        try:
+            state = RWKVState.cat([cohort.state, new.state])
+        except ValueError:  # e.g. attention KV caches of different lengths
+            continue
+        cohort.rows += new.rows
+        cohort.state, cohort.logits = state, torch.cat([cohort.logits, new.logits])
+        return
+    cohorts.append(new)
+
+
+def decode(
+    step: Step,
+    starts: Sequence[tuple[Tensor, RWKVState]],
+    configs: Sequence[SamplingConfig],
+    *,
+    vocab_size: int,
+    decode_bytes: Callable[[Sequence[int]], bytes] | None = None,
+    prompt_tokens: Sequence[int] | None = None,
+    return_state: bool = False,
+) -> Iterator[GenerationEvent]:
+    """Decode every request from its prefilled ``(last logits [1, V] or [V], state of batch 1)``.
+
+    ``return_state=True`` puts each request's final state in its result (``GenerationResult.state``), for a
+    conversation that continues from it.
+
+    Yields a ``GenerationEvent`` per request per step, in request order within a step; the last event of a
+    request carries its ``GenerationResult``.
+    """
+    if len(starts) != len(configs):
+        raise ValueError(f"got {len(starts)} prefilled requests and {len(configs)} sampling configs")
+    cohorts: list[_Cohort] = []
+    for i, ((logits, state), cfg) in enumerate(zip(starts, configs)):
+        cfg.check_vocab(vocab_size)
+        n = 0 if prompt_tokens is None else prompt_tokens[i]
+        row = _Row(i, cfg, vocab_size, logits.device, decode_bytes, n)
+        _join(cohorts, _Cohort([row], state, logits.reshape(1, -1)))
+    while cohorts:
+        for cohort in list(cohorts):
+            keep, tokens = [], []
+            for j, row in enumerate(cohort.rows):
+                token, piece, done = row.choose(cohort.logits[j])
+                if done and return_state:
+                    row.result.state = cohort.state[j]
+                yield GenerationEvent(row.index, token, piece, row.result if done else None)
+                if not done:
+                    keep.append(j)
+                    tokens.append(token)
+            if not keep:
+                cohorts.remove(cohort)
+                continue
+            state = cohort.state if len(keep) == len(cohort.rows) else cohort.state[torch.tensor(keep)]
+            device = cohort.logits.device
+            logits, state = step(torch.tensor(tokens, device=device).view(-1, 1), state)
+            cohort.rows = [cohort.rows[j] for j in keep]
+            cohort.state, cohort.logits = state, logits[:, -1]
+
+
+def lm_functions(model) -> tuple[Prefill, Step]:
+    """``prefill`` and ``step`` of an ``RWKVLanguageModel`` (or anything called like one), without gradients."""
+
+    @torch.no_grad()
+    def prefill(tokens: Tensor) -> tuple[Tensor, RWKVState]:
+        logits, state = model(tokens, logits_to_keep=1)
+        return logits[:, -1], state
+
+    @torch.no_grad()
+    def step(tokens: Tensor, state: RWKVState) -> tuple[Tensor, RWKVState]:
+        return model(tokens, state)
+
+    return prefill, step
+
+
+def _prefill_by_length(prefill: Prefill, prompts: Sequence[Tensor]) -> list[tuple[Tensor, RWKVState]]:
+    """Prefill prompts of equal length together, never padding; one ``(logits [1, V], state)`` per prompt."""
+    out: list = [None] * len(prompts)
+    groups: dict[int, list[int]] = {}
+    for i, p in enumerate(prompts):
+        groups.setdefault(len(p), []).append(i)
+    for members in groups.values():
+        logits, state = prefill(torch.stack([prompts[i] for i in members]))
+        for j, i in enumerate(members):
+            out[i] = (logits[j : j + 1], state[j])
+    return out
+
+
+def generate_ids(
+    model,
+    prompts: Sequence[Sequence[int] | Tensor],
+    configs: SamplingConfig | Sequence[SamplingConfig] | None = None,
+    *,
+    decode_bytes: Callable[[Sequence[int]], bytes] | None = None,
+    context_length: int | None = None,
+) -> list[GenerationResult]:
+    """Generate from token-id prompts with an ``RWKVLanguageModel``, all requests in one batch.
+
+    Args:
+        model: An ``RWKVLanguageModel`` (any state-protocol stack).
+        prompts: One list (or 1-D tensor) of ids per request; lengths may differ.
+        configs: One ``SamplingConfig`` for all, or one per request (default: greedy, ``SamplingConfig()``).
+        decode_bytes: The tokenizer's ``decode_bytes``, for ``text`` and stop strings.
+        context_length: Refuse prompts longer than this.
+
+    Raises:
+        ValueError: an empty prompt, one longer than ``context_length``, or ids outside the vocabulary.
+    """
+    device = model.emb.weight.device
+    tensors = _check_prompts(prompts, model.vocab_size, context_length, device)
+    configs = SamplingConfig() if configs is None else configs
+    configs = [configs] * len(tensors) if isinstance(configs, SamplingConfig) else list(configs)
+    prefill, step = lm_functions(model)
+    starts = _prefill_by_length(prefill, tensors)
+    results: list = [None] * len(tensors)
+    events = decode(
+        step,
+        starts,
+        configs,
+        vocab_size=model.vocab_size,
+        decode_bytes=decode_bytes,
+        prompt_tokens=[len(t) for t in tensors],
+    )
+    for event in events:
+        if event.result is not None:
+            results[event.index] = event.result
+    return results
+
+
+def _check_prompts(prompts, vocab_size: int, context_length: int | None, device) -> list[Tensor]:
+    if not len(prompts):
+        raise ValueError("prompts is empty: give at least one prompt")
+    out = []
+    for i, p in enumerate(prompts):
+        t = torch.as_tensor(p, dtype=torch.long).flatten().cpu()
+        if t.numel() == 0:
+            raise ValueError(f"prompt {i} is empty")
+        if context_length is not None and t.numel() > context_length:
+            raise ValueError(f"prompt {i} has {t.numel()} tokens, more than the context length {context_length}")
+        if int(t.min()) < 0 or int(t.max()) >= vocab_size:
+            raise ValueError(
+                f"prompt {i} has ids outside [0, {vocab_size}): {t[(t < 0) | (t >= vocab_size)][:5].tolist()}"
+            )
+        out.append(t.to(device))
+    return out
+
+
+@torch.no_grad()
+def score_continuations(
+    step: Step, logits: Tensor, state: RWKVState, continuations: Sequence[Sequence[int]]
+) -> list[float]:
+    """Log-likelihood of each continuation after one shared prefill, batched over the continuations.
+
+    Args:
+        step: ``step(tokens [n, L], state) -> (logits [n, L, V], state)`` (``lm_functions(model)[1]``).
+        logits: The prefix's last logits `[V]` or `[1, V]`; ``state``: its state (batch 1).
+        continuations: Token ids of each choice (non-empty).
+
+    Returns:
+        ``sum_j log p(c_j | prefix, c_<j)`` per continuation. Right padding of shorter continuations never
+        reaches a scored position (the model is causal).
+    """
+    if not continuations or any(len(c) == 0 for c in continuations):
+        raise ValueError("every continuation needs at least one token")
+    n, width = len(continuations), max(len(c) for c in continuations)
+    tokens = torch.zeros(n, width, dtype=torch.long, device=logits.device)
+    for i, c in enumerate(continuations):
+        tokens[i, : len(c)] = torch.as_tensor(list(c), dtype=torch.long)
+    first = torch.log_softmax(logits.reshape(1, -1).float(), -1).expand(n, -1)
+    scores = first.gather(1, tokens[:, :1]).squeeze(1)
+    if width > 1:
+        out, _ = step(tokens[:, :-1], RWKVState.cat([state] * n))
+        logp = torch.log_softmax(out.float(), -1).gather(2, tokens[:, 1:, None]).squeeze(2)  # [n, width - 1]
+        lengths = torch.tensor([len(c) for c in continuations], device=logits.device)
+        mask = torch.arange(1, width, device=logits.device)[None] < lengths[:, None]
+        scores = scores + (logp * mask).sum(1)
+    return scores.tolist()
