@@ -9,7 +9,9 @@ Both sides run the same random checkpoint, written once in BlinkDL's format: our
 'cpu fp32')`` (TorchScript on, its default). Prefill feeds the whole prompt from a zero state and
 computes the last position's logits (what generation needs); decode feeds one token at a time
 with the carried state. Runs are interleaved and medians reported; the last-token logits of both
-are compared as a correctness guard. ``--out DIR`` writes the table as Markdown.
+are compared as a correctness guard. The last line is the decode floor: the time to read every weight once
+per token at the memory bandwidth the head's matrix-vector product achieves, and so the largest speed-up
+over the reference any implementation could reach on this machine. ``--out DIR`` writes the table as Markdown.
 """
 
 from __future__ import annotations
@@ -146,7 +148,37 @@ def run(cfg: RWKVConfig, T: int, decode_tokens: int, repeats: int, with_referenc
         rows.append("")
         rows.append(f"Last-token logits after prefill, ours vs reference: max |diff| = {diff:.2e}.")
         results["max_abs_diff"] = diff
+    floor_ms, bandwidth = decode_floor(ours)
+    rows.append("")
+    line = (
+        f"Decode floor: every weight read once per token ({_weight_bytes(ours) / 2**20:,.0f} MiB) at the bandwidth "
+        f"of the head's matrix-vector product ({bandwidth / 1e9:.1f} GB/s) = {floor_ms:.2f} ms per token"
+    )
+    if with_reference:
+        line += f"; the most any implementation could gain on the reference: {results[base][1] / floor_ms:.2f}x"
+    rows.append(line + ".")
+    results["decode_floor_ms"] = floor_ms
     return rows, results
+
+
+def _weight_bytes(model) -> int:
+    """Bytes a decode step must read: every parameter but the embedding, of which it reads one row."""
+    return sum(p.numel() * p.element_size() for n, p in model.named_parameters() if not n.startswith("emb."))
+
+
+def decode_floor(model, repeats: int = 50) -> tuple[float, float]:
+    """``(ms, bytes/s)``: the time to read every decode weight once at the speed the head's matrix-vector
+    product streams memory (median of ``repeats``), and that speed."""
+    head = model.head
+    x = torch.randn(1, 1, head.in_features)
+    times = []
+    with torch.inference_mode():
+        for _ in range(repeats + 5):
+            t0 = time.perf_counter()
+            head(x)
+            times.append(time.perf_counter() - t0)
+    bandwidth = head.weight.numel() * head.weight.element_size() / statistics.median(times[5:])
+    return _weight_bytes(model) / bandwidth * 1e3, bandwidth
 
 
 def _machine() -> str:
@@ -164,7 +196,8 @@ def main(argv=None) -> dict:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--quick", action="store_true", help="T=256, 3 repeats, 16 decode tokens")
     p.add_argument("--no-reference", action="store_true", help="skip the rwkv package")
-    p.add_argument("--out", type=Path, help="write the table to DIR/lm-cpu-fp32.md")
+    p.add_argument("--out", type=Path, help="write the table to DIR/NAME")
+    p.add_argument("--name", default="lm-cpu-fp32.md", help="file name of the table under --out")
     args = p.parse_args(argv)
     if args.quick:
         args.T, args.repeats, args.decode_tokens = min(args.T, 256), 3, 16
@@ -181,7 +214,7 @@ def main(argv=None) -> dict:
     print("\n".join(rows))
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "lm-cpu-fp32.md").write_text(title + "\n" + "\n".join(rows) + "\n")
+        (args.out / args.name).write_text(title + "\n" + "\n".join(rows) + "\n")
     return results
 
 

@@ -194,7 +194,7 @@ class RWKVState:
     Example:
         >>> import torch
         >>> from rwkvblocks import ChannelMix, RWKVBlock, TimeMix
-        >>> block = RWKVBlock(TimeMix.rwkv6(8, head_dim=4), ChannelMix.rwkv6(8), dim=8)
+        >>> block = RWKVBlock(TimeMix.rwkv6(8, head_dim=4), ChannelMix.rwkv6(8, hidden_dim=32), dim=8)
         >>> s = RWKVState((block.init_state(3), block.init_state(3)))
         >>> s[1:].batch_size, s.wkv(0).shape
         (2, torch.Size([3, 2, 4, 4]))

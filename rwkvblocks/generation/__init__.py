@@ -4,8 +4,8 @@
   presence and frequency penalties with decay, bans, stop tokens and stop strings, a seed per request, and
   log-probabilities with the top alternatives.
 - ``decode``: the batched loop — prompts of different lengths prefilled in equal-length groups (no padding
-  through the recurrence), rows leaving the batch when done, events streamed per token; ``generate_ids`` runs it
-  on an ``RWKVLanguageModel``.
+  through the recurrence), rows leaving the batch when done, events streamed per token; ``Decoder`` is the same
+  batch for a server (requests join between steps); ``generate_ids`` runs it on an ``RWKVLanguageModel``.
 - ``TextStream``: whole UTF-8 characters only; stop strings may span tokens and are never returned.
 - ``PrefixCache``: states after a prefix, kept under a memory budget with LRU eviction.
 - ``score_continuations``: the log-likelihood of several continuations after one shared prefill.
@@ -13,6 +13,7 @@
 
 from .cache import PrefixCache
 from .decode import (
+    Decoder,
     GenerationEvent,
     GenerationResult,
     TokenLogprob,
@@ -25,6 +26,7 @@ from .sampling import Penalties, SamplingConfig, process_logits, sample_token, t
 from .text import TextStream
 
 __all__ = [
+    "Decoder",
     "GenerationEvent",
     "GenerationResult",
     "Penalties",

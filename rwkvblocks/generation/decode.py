@@ -22,6 +22,7 @@ from .sampling import Penalties, SamplingConfig, process_logits, sample_token, t
 from .text import TextStream
 
 __all__ = [
+    "Decoder",
     "GenerationEvent",
     "GenerationResult",
     "TokenLogprob",
@@ -144,6 +145,81 @@ def _join(cohorts: list[_Cohort], new: _Cohort) -> None:
     cohorts.append(new)
 
 
+class Decoder:
+    """The decode batch of a server: requests join between steps and leave when they finish.
+
+    Args:
+        step: ``step(tokens [B, 1], state) -> (logits [B, 1, V], state)``.
+        vocab_size: ``V``.
+        decode_bytes: The tokenizer's ``decode_bytes``, for text and stop strings.
+        return_state: Put each request's final state in its result (to continue a conversation from it).
+
+    Example:
+        >>> import torch
+        >>> from assemblies import RWKVConfig, build_rwkv_lm
+        >>> lm = build_rwkv_lm(RWKVConfig("x060", vocab_size=50, dim=64, num_layers=1, head_dim=32))
+        >>> prefill, step = lm_functions(lm)
+        >>> decoder = Decoder(step, vocab_size=50)
+        >>> first = decoder.add(*prefill(torch.tensor([[1, 2, 3]])), SamplingConfig(max_new_tokens=4, stop_tokens=()))
+        >>> events = decoder.step()  # one token for every active request
+        >>> second = decoder.add(*prefill(torch.tensor([[4, 5]])), SamplingConfig(max_new_tokens=2, stop_tokens=()))
+        >>> while decoder.active:
+        ...     events += decoder.step()
+        >>> sorted(len(e.result.tokens) for e in events if e.result is not None)
+        [2, 4]
+    """
+
+    def __init__(
+        self,
+        step: Step,
+        *,
+        vocab_size: int,
+        decode_bytes: Callable[[Sequence[int]], bytes] | None = None,
+        return_state: bool = False,
+    ) -> None:
+        self._step, self.vocab_size = step, vocab_size
+        self.decode_bytes, self.return_state = decode_bytes, return_state
+        self._cohorts: list[_Cohort] = []
+        self._next = 0
+
+    @property
+    def active(self) -> int:
+        """Requests still decoding."""
+        return sum(len(c.rows) for c in self._cohorts)
+
+    def add(self, logits: Tensor, state: RWKVState, config: SamplingConfig, *, prompt_tokens: int = 0) -> int:
+        """Add a prefilled request (last logits `[1, V]` or `[V]`, state of batch 1); returns its index."""
+        config.check_vocab(self.vocab_size)
+        if state.batch_size != 1:
+            raise ValueError(f"add one request at a time: the state has batch size {state.batch_size}")
+        index, self._next = self._next, self._next + 1
+        row = _Row(index, config, self.vocab_size, logits.device, self.decode_bytes, prompt_tokens)
+        _join(self._cohorts, _Cohort([row], state, logits.reshape(1, -1)))
+        return index
+
+    def step(self) -> list[GenerationEvent]:
+        """Choose one token for every active request and feed the batch once; finished requests leave."""
+        events = []
+        for cohort in list(self._cohorts):
+            keep, tokens = [], []
+            for j, row in enumerate(cohort.rows):
+                token, piece, done = row.choose(cohort.logits[j])
+                if done and self.return_state:
+                    row.result.state = cohort.state[j]
+                events.append(GenerationEvent(row.index, token, piece, row.result if done else None))
+                if not done:
+                    keep.append(j)
+                    tokens.append(token)
+            if not keep:
+                self._cohorts.remove(cohort)
+                continue
+            state = cohort.state if len(keep) == len(cohort.rows) else cohort.state[torch.tensor(keep)]
+            logits, state = self._step(torch.tensor(tokens, device=cohort.logits.device).view(-1, 1), state)
+            cohort.rows = [cohort.rows[j] for j in keep]
+            cohort.state, cohort.logits = state, logits[:, -1]
+        return events
+
+
 def decode(
     step: Step,
     starts: Sequence[tuple[Tensor, RWKVState]],
@@ -154,7 +230,8 @@ def decode(
     prompt_tokens: Sequence[int] | None = None,
     return_state: bool = False,
 ) -> Iterator[GenerationEvent]:
-    """Decode every request from its prefilled ``(last logits [1, V] or [V], state of batch 1)``.
+    """Decode every request from its prefilled ``(last logits [1, V] or [V], state of batch 1)`` (a ``Decoder``
+    that every request joins at once).
 
     ``return_state=True`` puts each request's final state in its result (``GenerationResult.state``), for a
     conversation that continues from it.
@@ -164,31 +241,11 @@ def decode(
     """
     if len(starts) != len(configs):
         raise ValueError(f"got {len(starts)} prefilled requests and {len(configs)} sampling configs")
-    cohorts: list[_Cohort] = []
+    decoder = Decoder(step, vocab_size=vocab_size, decode_bytes=decode_bytes, return_state=return_state)
     for i, ((logits, state), cfg) in enumerate(zip(starts, configs)):
-        cfg.check_vocab(vocab_size)
-        n = 0 if prompt_tokens is None else prompt_tokens[i]
-        row = _Row(i, cfg, vocab_size, logits.device, decode_bytes, n)
-        _join(cohorts, _Cohort([row], state, logits.reshape(1, -1)))
-    while cohorts:
-        for cohort in list(cohorts):
-            keep, tokens = [], []
-            for j, row in enumerate(cohort.rows):
-                token, piece, done = row.choose(cohort.logits[j])
-                if done and return_state:
-                    row.result.state = cohort.state[j]
-                yield GenerationEvent(row.index, token, piece, row.result if done else None)
-                if not done:
-                    keep.append(j)
-                    tokens.append(token)
-            if not keep:
-                cohorts.remove(cohort)
-                continue
-            state = cohort.state if len(keep) == len(cohort.rows) else cohort.state[torch.tensor(keep)]
-            device = cohort.logits.device
-            logits, state = step(torch.tensor(tokens, device=device).view(-1, 1), state)
-            cohort.rows = [cohort.rows[j] for j in keep]
-            cohort.state, cohort.logits = state, logits[:, -1]
+        decoder.add(logits, state, cfg, prompt_tokens=0 if prompt_tokens is None else prompt_tokens[i])
+    while decoder.active:
+        yield from decoder.step()
 
 
 def lm_functions(model) -> tuple[Prefill, Step]:

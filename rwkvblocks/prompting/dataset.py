@@ -13,16 +13,17 @@ epoch and logs a summary at its end. Reasons: ``malformed``, ``turn_order``, ``e
 ``image_mismatch`` (``<image>`` count differs from the number of image files), ``missing_image``,
 ``corrupt_image``.
 
-Example (``transform`` is the vision encoder's preprocessing, PIL image → tensor):
-    >>> from torch.utils.data import DataLoader
-    >>> tok = WorldTokenizer()
-    >>> data = LLaVADataset("llava_v1_5_mix665k.json", "images/", SandwichPromptBuilder(tok),
-    ...                     image_transform=transform, on_bad_sample="skip")
-    >>> loader = DataLoader(data, batch_size=8, num_workers=2,
-    ...                     collate_fn=LLaVACollator(image_tokens=577, context_length=2048))
-    >>> report = SkipReport()
-    >>> for batch in report.epoch(loader):
-    ...     ...  # batch["input_ids"], batch["labels"], batch["images"], batch["image_spans"]
+Example (``transform`` is the vision encoder's preprocessing, PIL image → tensor; the files are LLaVA's)::
+
+    from torch.utils.data import DataLoader
+    tok = WorldTokenizer()
+    data = LLaVADataset("llava_v1_5_mix665k.json", "images/", SandwichPromptBuilder(tok),
+                        image_transform=transform, on_bad_sample="skip")
+    loader = DataLoader(data, batch_size=8, num_workers=2,
+                        collate_fn=LLaVACollator(image_tokens=577, context_length=2048))
+    report = SkipReport()
+    for batch in report.epoch(loader):
+        ...  # batch["input_ids"], batch["labels"], batch["images"], batch["image_spans"]
 """
 
 from __future__ import annotations
@@ -252,12 +253,12 @@ class LLaVACollator:
 class SkipReport:
     """Counts the samples skipped in collated batches and summarises them at the end of an epoch.
 
-    Example:
-        >>> report = SkipReport()
-        >>> for batch in report.epoch(loader):  # logs the summary when the loader is exhausted
-        ...     train_step(batch)
-        >>> report.counts()
-        Counter({'corrupt_image': 1})
+    Example (``loader`` a DataLoader of ``LLaVACollator`` batches with one corrupt image)::
+
+        report = SkipReport()
+        for batch in report.epoch(loader):  # logs the summary when the loader is exhausted
+            train_step(batch)
+        report.counts()  # Counter({'corrupt_image': 1})
     """
 
     def __init__(self):

@@ -206,3 +206,25 @@ def test_5000_token_generation_keeps_resident_memory_flat():
     print(f"resident memory {rss[0]} KiB after 500 tokens, {rss[1]} KiB after 5000: {growth:+.2%}")
     assert growth < 0.05
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss > 0
+
+
+def test_requests_join_between_steps_and_match_running_alone():
+    from rwkvblocks.generation import Decoder
+
+    model = _lm(seed=5)
+    prefill, step = lm_functions(model)
+    prompts = [_prompt(4, 1), _prompt(9, 2), _prompt(6, 3)]
+    configs = [SamplingConfig(max_new_tokens=10, stop_tokens=(), temperature=0.9, seed=i) for i in range(3)]
+    decoder = Decoder(step, vocab_size=V)
+    events = []
+    for prompt, cfg in zip(prompts, configs):  # one new request every 3 steps, while the others decode
+        decoder.add(*prefill(torch.tensor([prompt])), cfg, prompt_tokens=len(prompt))
+        for _ in range(3):
+            events += decoder.step()
+    while decoder.active:
+        events += decoder.step()
+    results = {e.index: e.result for e in events if e.result is not None}
+    for i, (prompt, cfg) in enumerate(zip(prompts, configs)):
+        assert results[i].tokens == generate_ids(model, [prompt], cfg)[0].tokens
+    with pytest.raises(ValueError, match="one request at a time"):
+        decoder.add(*prefill(torch.tensor([prompts[0], prompts[0]])), configs[0])
