@@ -149,7 +149,7 @@ def _chat(args: argparse.Namespace) -> int:
     from .models.generation import ChatSession
 
     model, _ = _load_model(args.model, args.device, args.dtype)
-    session = ChatSession(model, _sampling(args, model))
+    session = ChatSession(model, _sampling(args, model), compile=args.compile)
     if args.image:
         session.set_image(args.image)
 
@@ -225,7 +225,7 @@ def _generate(args: argparse.Namespace) -> int:
                     [{"from": "human", "value": ("<image>\n" if q.get("image") else "") + q["text"]}] for q in batch
                 ]
                 images = [Path(args.images or ".") / q["image"] if q.get("image") else None for q in batch]
-                for q, result in zip(batch, generate(model, convs, images, config)):
+                for q, result in zip(batch, generate(model, convs, images, config, compile=args.compile)):
                     record = {
                         "question_id": q["question_id"],
                         "prompt": q["text"],
@@ -349,6 +349,9 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--top-p", type=float, default=1.0)
         p.add_argument("--top-k", type=int, default=0)
         p.add_argument("--seed", type=int)
+        p.add_argument(
+            "--compile", action="store_true", help="compile the decode step (torch.compile; the first step compiles)"
+        )
         if name == "chat":
             p.add_argument("question", nargs="?", help="one question (default: read questions from stdin)")
             p.add_argument("--image", help="image file the conversation is about")

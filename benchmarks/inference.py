@@ -779,7 +779,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     written = []
     if out is not None and not args.no_write:
         out.mkdir(parents=True, exist_ok=True)
-        stem = f"inference-{device.split(':')[0]}-{args.dtype}"
+        where = device.split(":")[0]
+        if where == "cuda":  # the card's name: tables from different GPUs sit side by side
+            where = torch.cuda.get_device_name(device).replace(" ", "-")
+        stem = f"inference-{where}-{args.dtype}"
         md = out / f"{stem}.md"
         if not args.no_plot:
             png = out / f"{stem}.png"

@@ -30,6 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from assemblies import RWKVConfig, build_rwkv_lm, load_blinkdl, save_blinkdl  # noqa: E402
 from benchmarks._machine import cpu_name  # noqa: E402
+from rwkvblocks.generation import step_function  # noqa: E402
 
 
 def _reference_class():
@@ -60,15 +61,18 @@ def write_checkpoint(cfg: RWKVConfig, path: Path, seed: int = 0) -> None:
 class _Ours:
     name = "rwkvblocks"
 
-    def __init__(self, model):
+    def __init__(self, model, compile: bool = False):
         self.model = model
+        self._step = step_function(model, compile=compile)
+        if compile:
+            self.name = "rwkvblocks, compiled step"
 
     def prefill(self, tokens):
         logits, state = self.model(torch.tensor([tokens]), logits_to_keep=1)
         return logits[0, -1], state
 
     def step(self, token, state):
-        logits, state = self.model(torch.tensor([[token]]), state)
+        logits, state = self._step(torch.tensor([[token]]), state)
         return logits[0, -1], state
 
 
@@ -89,7 +93,9 @@ def _median_ms(samples: list[float]) -> float:
     return statistics.median(samples) * 1e3
 
 
-def run(cfg: RWKVConfig, T: int, decode_tokens: int, repeats: int, with_reference: bool) -> tuple[list[str], dict]:
+def run(
+    cfg: RWKVConfig, T: int, decode_tokens: int, repeats: int, with_reference: bool, compiled: bool = True
+) -> tuple[list[str], dict]:
     threads = torch.get_num_threads()
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.pth"
@@ -103,6 +109,8 @@ def run(cfg: RWKVConfig, T: int, decode_tokens: int, repeats: int, with_referenc
         plain_runner = _Ours(plain)
         plain_runner.name = "rwkvblocks, [out, in] weights"
         runners.append(plain_runner)
+        if compiled:
+            runners.insert(1, _Ours(ours, compile=True))
         if with_reference:
             runners.append(_Reference(_reference_class()(str(path), "cpu fp32", verbose=False)))
         torch.set_num_threads(threads)  # importing rwkv must not change it
@@ -113,7 +121,7 @@ def run(cfg: RWKVConfig, T: int, decode_tokens: int, repeats: int, with_referenc
         decode: dict[str, list[float]] = {r.name: [] for r in runners}
         last: dict[str, torch.Tensor] = {}
         with torch.inference_mode():
-            for runner in runners:  # warm-up (TorchScript profiles its first calls)
+            for runner in runners:  # warm-up (TorchScript profiles its first calls; the compiled step compiles)
                 logits, state = runner.prefill(prompt[:16])
                 for token in stream[:4]:
                     logits, state = runner.step(token, state)
@@ -196,6 +204,7 @@ def main(argv=None) -> dict:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--quick", action="store_true", help="T=256, 3 repeats, 16 decode tokens")
     p.add_argument("--no-reference", action="store_true", help="skip the rwkv package")
+    p.add_argument("--no-compile", action="store_true", help="skip the compiled decode step")
     p.add_argument("--out", type=Path, help="write the table to DIR/NAME")
     p.add_argument("--name", default="lm-cpu-fp32.md", help="file name of the table under --out")
     args = p.parse_args(argv)
@@ -210,7 +219,7 @@ def main(argv=None) -> dict:
         f"command: `python benchmarks/lm.py{' ' + ' '.join(argv) if argv else ''}`\n"
     )
     print(title)
-    rows, results = run(cfg, args.T, args.decode_tokens, args.repeats, not args.no_reference)
+    rows, results = run(cfg, args.T, args.decode_tokens, args.repeats, not args.no_reference, not args.no_compile)
     print("\n".join(rows))
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)

@@ -49,6 +49,7 @@ def test_lm_benchmark_runs_against_the_reference(tmp_path, capsys):
             "2",
             "--repeats",
             "1",
+            "--no-compile",  # compiled decoding has its own test (tests/generation)
             "--out",
             str(tmp_path),
         ]

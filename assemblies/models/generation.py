@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from rwkvblocks.generation import GenerationEvent, GenerationResult, PrefixCache, SamplingConfig, decode
+from rwkvblocks.generation import GenerationEvent, GenerationResult, PrefixCache, SamplingConfig, decode, step_function
 from rwkvblocks.prompting import Tokenizer
 
 from .config import default_sampling, make_prompt_builder, make_tokenizer
@@ -93,6 +93,7 @@ def generate_stream(
     *,
     tokenizer: Tokenizer | None = None,
     cache: PrefixCache | None = None,
+    compile: bool | str = False,
 ) -> Iterator[GenerationEvent]:
     """Generate for every conversation in one batch, yielding a ``GenerationEvent`` per request and token.
 
@@ -106,6 +107,8 @@ def generate_stream(
             the assistant turn: ``default_sampling(model.data_config)``).
         tokenizer: Default: the one the model's ``DataConfig`` names.
         cache: Keep and reuse states after image prefixes (see the module docstring).
+        compile: Compile the decode step (``rwkvblocks.generation.step_function``): faster steps after a first
+            call that compiles.
 
     Raises:
         ValueError: a malformed conversation, a prompt longer than the context length (named), an image count
@@ -135,12 +138,8 @@ def generate_stream(
         starts_and_states.append(_prefill(model, ids, pixels, starts, cache))
         lengths.append(len(ids))
 
-    @torch.no_grad()
-    def step(tokens: Tensor, state):
-        return model.lm(tokens, state)
-
     return decode(
-        step,
+        step_function(model.lm, compile=compile),
         starts_and_states,
         configs,
         vocab_size=model.lm.vocab_size,
@@ -157,6 +156,7 @@ def generate(
     *,
     tokenizer: Tokenizer | None = None,
     cache: PrefixCache | None = None,
+    compile: bool | str = False,
 ) -> list[GenerationResult]:
     """``generate_stream`` run to the end: one ``GenerationResult`` (tokens, text, finish reason, log-probabilities) per
     conversation, in order.
@@ -171,7 +171,8 @@ def generate(
         (1, True)
     """
     results: list = [None] * len(_conversations(conversations)[0])
-    for event in generate_stream(model, conversations, images, config, tokenizer=tokenizer, cache=cache):
+    events = generate_stream(model, conversations, images, config, tokenizer=tokenizer, cache=cache, compile=compile)
+    for event in events:
         if event.result is not None:
             results[event.index] = event.result
     return results
@@ -188,6 +189,7 @@ class ChatSession:
         model: A ``VisualRWKV``.
         config: Sampling settings (default ``default_sampling(model.data_config, max_new_tokens=256)``).
         tokenizer: Default: the one of the model's ``DataConfig``.
+        compile: Compile the decode step (``rwkvblocks.generation.step_function``).
 
     Example:
         >>> import torch
@@ -198,8 +200,16 @@ class ChatSession:
         >>> follow_up = "".join(chat.ask("Sure?"))  # continues from the state
     """
 
-    def __init__(self, model: VisualRWKV, config: SamplingConfig | None = None, *, tokenizer: Tokenizer | None = None):
+    def __init__(
+        self,
+        model: VisualRWKV,
+        config: SamplingConfig | None = None,
+        *,
+        tokenizer: Tokenizer | None = None,
+        compile: bool | str = False,
+    ):
         self.model = model
+        self._step = step_function(model.lm, compile=compile)
         self.tokenizer = tokenizer if tokenizer is not None else make_tokenizer(model.data_config)
         self.builder = make_prompt_builder(model.data_config, self.tokenizer)
         self.config = config or default_sampling(model.data_config, max_new_tokens=256)
@@ -234,11 +244,8 @@ class ChatSession:
             out, state = model.lm(torch.tensor([ids], device=model.lm.emb.weight.device), self.state, logits_to_keep=1)
             logits = out[:, -1]
 
-        def step(tokens: Tensor, s):
-            return model.lm(tokens, s)
-
         events = decode(
-            step,
+            self._step,
             [(logits, state)],
             [self.config],
             vocab_size=model.lm.vocab_size,

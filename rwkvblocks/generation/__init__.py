@@ -9,6 +9,7 @@
 - ``TextStream``: whole UTF-8 characters only; stop strings may span tokens and are never returned.
 - ``PrefixCache``: states after a prefix, kept under a memory budget with LRU eviction.
 - ``score_continuations``: the log-likelihood of several continuations after one shared prefill.
+- ``step_function``: a model's decode step, eager or compiled (``compile=True``).
 """
 
 from .cache import PrefixCache
@@ -21,6 +22,7 @@ from .decode import (
     generate_ids,
     lm_functions,
     score_continuations,
+    step_function,
 )
 from .sampling import Penalties, SamplingConfig, process_logits, sample_token, top_logprobs
 from .text import TextStream
@@ -40,5 +42,6 @@ __all__ = [
     "process_logits",
     "sample_token",
     "score_continuations",
+    "step_function",
     "top_logprobs",
 ]

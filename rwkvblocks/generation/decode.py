@@ -30,6 +30,7 @@ __all__ = [
     "generate_ids",
     "lm_functions",
     "score_continuations",
+    "step_function",
 ]
 
 Prefill = Callable[[Tensor], tuple[Tensor, RWKVState]]
@@ -248,19 +249,66 @@ def decode(
         yield from decoder.step()
 
 
-def lm_functions(model) -> tuple[Prefill, Step]:
-    """``prefill`` and ``step`` of an ``RWKVLanguageModel`` (or anything called like one), without gradients."""
+def lm_functions(model, *, compile: bool | str = False) -> tuple[Prefill, Step]:
+    """``prefill`` and ``step`` of an ``RWKVLanguageModel`` (or anything called like one), without gradients.
+
+    Args:
+        model: The model.
+        compile: Compile the decode step (``step_function``); the prefill runs eagerly either way.
+    """
 
     @torch.no_grad()
     def prefill(tokens: Tensor) -> tuple[Tensor, RWKVState]:
         logits, state = model(tokens, logits_to_keep=1)
         return logits[:, -1], state
 
+    return prefill, step_function(model, compile=compile)
+
+
+def _model_step(model, tokens: Tensor, state: RWKVState) -> tuple[Tensor, RWKVState]:
+    return model(tokens, state)
+
+
+_COMPILED_STEPS: dict[str | None, Callable] = {}
+
+
+def step_function(model, *, compile: bool | str = False) -> Step:
+    """``step(tokens [B, L], state) -> (logits [B, L, V], state)`` of ``model``, without gradients.
+
+    Args:
+        model: An ``RWKVLanguageModel`` or anything called as ``model(tokens, state)``.
+        compile: ``True`` runs the step through ``torch.compile(fullgraph=True)``: one graph per model, whatever
+            the batch size after the second one seen (sizes then become symbolic), with the blocks' element-wise
+            work fused; the first call of each new shape compiles (seconds). A string is the compile ``mode``
+            (``"reduce-overhead"`` adds CUDA graphs on a GPU). ``False`` (default) runs eagerly.
+
+    Example:
+        >>> import torch
+        >>> from assemblies import RWKVConfig, build_rwkv_lm
+        >>> lm = build_rwkv_lm(RWKVConfig("x060", vocab_size=32, dim=64, num_layers=1, head_dim=32))
+        >>> logits, state = lm(torch.tensor([[1, 2]]))
+        >>> step = step_function(lm)
+        >>> step(torch.tensor([[3]]), state)[0].shape
+        torch.Size([1, 1, 32])
+    """
+    if compile is False:
+        run = model
+    else:
+        if not isinstance(compile, (bool, str)):
+            raise ValueError(f"compile must be a bool or a torch.compile mode string, got {compile!r}")
+        mode = None if compile is True else compile
+        if mode not in _COMPILED_STEPS:  # one compiled function per mode: its graphs are cached per model
+            _COMPILED_STEPS[mode] = torch.compile(_model_step, fullgraph=True, mode=mode)
+        compiled = _COMPILED_STEPS[mode]
+
+        def run(tokens: Tensor, state: RWKVState):
+            return compiled(model, tokens, state)
+
     @torch.no_grad()
     def step(tokens: Tensor, state: RWKVState) -> tuple[Tensor, RWKVState]:
-        return model(tokens, state)
+        return run(tokens, state)
 
-    return prefill, step
+    return step
 
 
 def _prefill_by_length(prefill: Prefill, prompts: Sequence[Tensor]) -> list[tuple[Tensor, RWKVState]]:
@@ -283,6 +331,7 @@ def generate_ids(
     *,
     decode_bytes: Callable[[Sequence[int]], bytes] | None = None,
     context_length: int | None = None,
+    compile: bool | str = False,
 ) -> list[GenerationResult]:
     """Generate from token-id prompts with an ``RWKVLanguageModel``, all requests in one batch.
 
@@ -292,6 +341,7 @@ def generate_ids(
         configs: One ``SamplingConfig`` for all, or one per request (default: greedy, ``SamplingConfig()``).
         decode_bytes: The tokenizer's ``decode_bytes``, for ``text`` and stop strings.
         context_length: Refuse prompts longer than this.
+        compile: Compile the decode step (see ``step_function``).
 
     Raises:
         ValueError: an empty prompt, one longer than ``context_length``, or ids outside the vocabulary.
@@ -300,7 +350,7 @@ def generate_ids(
     tensors = _check_prompts(prompts, model.vocab_size, context_length, device)
     configs = SamplingConfig() if configs is None else configs
     configs = [configs] * len(tensors) if isinstance(configs, SamplingConfig) else list(configs)
-    prefill, step = lm_functions(model)
+    prefill, step = lm_functions(model, compile=compile)
     starts = _prefill_by_length(prefill, tensors)
     results: list = [None] * len(tensors)
     events = decode(

@@ -100,6 +100,27 @@ def test_wkv_dynamic_shapes_follow_the_length():
             torch.testing.assert_close(x, y)
 
 
+def test_compiled_cpu_decode_step_without_gradients_traces_the_recurrence():
+    """No gradients, one CPU token, no forced backend: the graph holds the recurrence's plain ops (for the compiler to
+    fuse), not the op, and equals eager; a longer input, or one forced to a backend, still calls the op."""
+    graphs = []
+
+    def record(gm, example_inputs):
+        graphs.append(sorted(str(n.target) for n in gm.graph.nodes if str(n.target).startswith("rwkvblocks.")))
+        return gm.forward
+
+    case = [x.float() for x in make_case(2, 1, 2, 16, with_state=True, seed=4)]
+    longer = [x.float() for x in make_case(2, 9, 2, 16, with_state=True, seed=5)]
+    with torch.no_grad():
+        for inputs, kwargs in ((case, {}), (longer, {}), (case, {"backend": "chunked"})):
+            torch._dynamo.reset()
+            got = torch.compile(lambda *a, kw=kwargs: wkv6(*a, **kw), fullgraph=True, backend=record)(*inputs)
+            want = wkv6(*inputs, **kwargs)
+            for x, y in zip(got, want):
+                torch.testing.assert_close(x, y)
+    assert graphs == [[], ["rwkvblocks.wkv6.default"], ["rwkvblocks.wkv6.default"]]
+
+
 def test_each_op_is_one_node_forward_and_backward():
     graphs = []
 

@@ -24,11 +24,15 @@ dispatcher picks the backend from metadata; the op returns, besides ``o`` and th
 that backend keeps for its backward (``Backend.residual``), and its autograd formula calls
 ``rwkvblocks::wkv6_backward``, which runs the same backend's ``Backend.backward``. The Triton kernels
 are ``torch.library.triton_op``s of their own, registered on first use (registering imports Triton).
+Calls that need neither autograd nor a graph (eager inference) run the chosen backend without the op
+boundary, whose cost exceeds a one-token CPU step; a compiled CPU decode step traces the plain
+recurrence, so the compiler fuses it with its neighbours.
 """
 
 from __future__ import annotations
 
 import itertools
+import os
 from dataclasses import dataclass
 
 import torch
@@ -418,8 +422,30 @@ def _wkv(r, k, v, w, u, state, reverse, backend, cu_seqlens):
         final = state.to(acc) if state is not None else r.new_zeros(N, H, K, v.shape[-1], dtype=acc)
         return v.new_empty(v.shape), final
     needs_grad = torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in (r, k, v, w, u, state))
+    if not needs_grad:
+        if not torch.compiler.is_compiling():
+            # Eager inference: the op boundary serves autograd and graphs, neither of which is here, and
+            # costs more than a one-token CPU step itself. Same backend, same kernel.
+            chosen = _select(r, v, state, cu_seqlens, reverse, backend, needs_grad)
+            o, s, _ = chosen.run(r, k, v, w, u, state, reverse=reverse, cu_seqlens=cu_seqlens, needs_grad=False)
+            return o, s
+        if _inline_under_compile(r, backend, cu_seqlens):
+            return wkv6_reference(r, k, v, w, u, state, reverse=reverse)
     o, s, _ = _wkv6_op(r, k, v, w, u, state, cu_seqlens, reverse, backend, needs_grad)
     return o, s
+
+
+def _inline_under_compile(r: Tensor, backend: str | None, cu_seqlens: Tensor | None) -> bool:
+    """Whether a compiled graph traces the plain recurrence instead of the op: a CPU decode step without
+    gradients (what the automatic choice would run anyway), so that the compiler fuses its few small
+    element-wise ops with their neighbours rather than calling out to an opaque op."""
+    return (
+        r.device.type == "cpu"
+        and r.shape[1] <= DECODE_MAX_LEN
+        and cu_seqlens is None
+        and backend in (None, "reference")
+        and not os.environ.get(ENV_VAR)
+    )
 
 
 def wkv6(
@@ -444,7 +470,9 @@ def wkv6(
 
     One registered op, ``torch.ops.rwkvblocks.wkv6`` (fake kernel and autograd included, backward
     ``rwkvblocks::wkv6_backward``): ``torch.compile(fullgraph=True)`` and CUDA graphs see a single
-    node, and the backend is chosen inside it from metadata alone.
+    node, and the backend is chosen inside it from metadata alone. Two calls skip the op boundary:
+    eager calls without gradients run the chosen backend directly, and a compiled CPU decode step
+    (``T <= DECODE_MAX_LEN``, no gradients, no forced backend) traces the plain recurrence.
 
     Args:
         r, k: Receptance and key.
