@@ -1,6 +1,6 @@
 """Whole models built from ``rwkvblocks``, by concern.
 
-- ``assemblies.models``: the VisualRWKV family and the RWKV-5/6 language model — configurations
+- ``assemblies.models``: the VisualRWKV family and the RWKV-5/6/7 language model — configurations
   (``VisualRWKVConfig`` for the network, ``DataConfig`` for prompt, context, tokenizer and loss), builders,
   presets (``create_assembly(name, **overrides)``, ``list_assemblies(pattern)``), the paper's ``ABLATIONS``,
   and checkpoint formats (``VisualRWKV.from_pretrained`` / ``save_pretrained`` / ``from_upstream``,

@@ -3,9 +3,12 @@
 rwkvblocks convert SRC DST [--dtype bf16] [--no-encoder-weights]   upstream .pth -> safetensors dir
     [--vision-heads N] [--vision-config PATH]                       the CLIP tower's head count
 rwkvblocks train --preset NAME --stage alignment --data JSON --images DIR --out DIR [--init-lm PTH]
+rwkvblocks eval --model M --benchmark NAME --questions FILE [--images DIR] [--annotations PATH] [--mode rank]
+rwkvblocks score --benchmark NAME --answers FILE [--annotations PATH] [--questions FILE]  score answers
 rwkvblocks list [PATTERN] [--params]                                presets, knobs, parameter counts
 rwkvblocks info                                                     ops x backends on this machine
 rwkvblocks demo [--steps N] [--out DIR]                             the end-to-end demo (make demo)
+rwkvblocks serve --model DIR_OR_PRESET [--host 127.0.0.1] [--port 8000] OpenAI-compatible API + chat page at /
 """
 
 from __future__ import annotations
@@ -189,72 +192,63 @@ def _chat(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    import json
-    import os
-    from pathlib import Path
-
-    from tqdm import tqdm
-
-    from .models import generate
+    from .evaluation import Question, answer_questions
+    from .evaluation.records import read_jsonl
 
     model, model_id = _load_model(args.model, args.device, args.dtype)
-    config = _sampling(args, model)
     questions = []
-    with open(args.questions, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    q = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"{args.questions}:{n}: not a JSON line: {err}") from None
-                missing = [k for k in ("question_id", "text") if k not in q]
-                if missing:
-                    raise ValueError(f"{args.questions}:{n}: missing {', '.join(missing)}")
-                questions.append(q)
-    out = Path(args.out)
-    done = _answered(out)
-    todo = [q for q in questions if q["question_id"] not in done]
-    print(f"{len(questions)} questions, {len(questions) - len(todo)} already answered in {out}", flush=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(out, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        with tqdm(total=len(todo), unit="q", desc="generate") as bar:
-            for i in range(0, len(todo), args.batch_size):
-                batch = todo[i : i + args.batch_size]
-                convs = [
-                    [{"from": "human", "value": ("<image>\n" if q.get("image") else "") + q["text"]}] for q in batch
-                ]
-                images = [Path(args.images or ".") / q["image"] if q.get("image") else None for q in batch]
-                for q, result in zip(batch, generate(model, convs, images, config, compile=args.compile)):
-                    record = {
-                        "question_id": q["question_id"],
-                        "prompt": q["text"],
-                        "text": result.text,
-                        "answer_id": f"{model_id}-{q['question_id']}",
-                        "model_id": model_id,
-                        "metadata": {"finish_reason": result.finish_reason, "tokens": len(result.tokens)},
-                    }
-                    os.write(fd, (json.dumps(record, ensure_ascii=False) + "\n").encode())  # one whole line
-                os.fsync(fd)
-                bar.update(len(batch))
-    finally:
-        os.close(fd)
-    print(f"wrote {len(todo)} answers to {out}")
+    for n, q in read_jsonl(args.questions, "questions file"):
+        missing = [k for k in ("question_id", "text") if k not in q]
+        if missing:
+            raise ValueError(f"{args.questions}:{n}: missing {', '.join(missing)}")
+        questions.append(Question(q["question_id"], q["text"], q.get("image") or None))
+    counts = answer_questions(
+        model,
+        questions,
+        args.out,
+        config=_sampling(args, model),
+        images=args.images,
+        batch_size=args.batch_size,
+        model_id=model_id,
+        compile=args.compile,
+    )
+    print(f"{counts.questions} questions, {counts.skipped} already answered in {args.out}", flush=True)
+    print(f"wrote {counts.written} answers to {args.out}")
     return 0
 
 
-def _answered(path) -> set:
-    """Question ids already in an answers file; a last line cut by a kill is dropped from the file."""
-    import json
+def _eval(args: argparse.Namespace) -> int:
+    from .evaluation import evaluate, result_table
 
-    if not path.is_file():
-        return set()
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        with open(path, "r+b") as f:
-            f.truncate(data.rfind(b"\n") + 1)
-        data = data[: data.rfind(b"\n") + 1]
-    return {json.loads(line)["question_id"] for line in data.decode().splitlines() if line.strip()}
+    model, model_id = _load_model(args.model, args.device, args.dtype)
+    out = args.out or f"eval/{model_id}/{args.benchmark}"
+    result = evaluate(
+        model.eval(),
+        args.benchmark,
+        args.questions,
+        images=args.images,
+        annotations=args.annotations,
+        mode=args.mode,
+        out=out,
+        batch_size=args.batch_size,
+        limit=args.limit,
+        config=_sampling(args, model),
+        model_id=model_id,
+        compile=args.compile,
+    )
+    print(result_table(result))
+    print(f"answers in {out}/{result['files']['answers']}, result in {out}/result_{args.mode}.json")
+    return 0
+
+
+def _score(args: argparse.Namespace) -> int:
+    from .evaluation import result_table, score_file, write_result
+
+    result = score_file(args.benchmark, args.answers, annotations=args.annotations, questions=args.questions)
+    print(result_table(result))
+    if args.out:
+        print(f"result in {write_result(result, args.out)}")
+    return 0
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -292,6 +286,19 @@ def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
     return run_demo(steps=args.steps, out=args.out, seed=args.seed, record=args.record)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        from .serving import serve
+    except ImportError as err:
+        raise ValueError(f"serving needs the serve extra (pip install 'rwkvblocks[serve]'): {err}") from None
+    model, model_id = _load_model(args.model, args.device, args.dtype)
+    options = {k: getattr(args, k) for k in ("max_batch", "state_cache_mb", "prefill_chunk", "max_image_bytes")}
+    options.update({k: getattr(args, k) for k in ("max_image_pixels", "image_dir", "max_body_bytes", "compile")})
+    print(f"serving {model_id} on http://{args.host}:{args.port}/ (chat page) and /v1 (OpenAI API)", flush=True)
+    serve(model.eval(), args.name or model_id, host=args.host, port=args.port, api_key=args.api_key, **options)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -361,6 +368,29 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--out", required=True, help="answers file (JSON lines); existing answers are kept")
             p.add_argument("--batch-size", type=int, default=8)
         p.set_defaults(run=run)
+    names = "vqav2, gqa, textvqa, pope, mme, scienceqa, mmbench or mmbench_cn"  # the two evaluation commands
+    p = sub.add_parser("eval", help="answer a benchmark's LLaVA question file and score it (LLaVA-1.5 protocol)")
+    p.add_argument("--model", required=True, help="save_pretrained directory or preset name")
+    p.add_argument("--benchmark", required=True, help=names)
+    p.add_argument("--questions", required=True, help="the benchmark's question file (.jsonl, .json or .tsv)")
+    p.add_argument("--images", help="folder the questions' image paths are relative to (MMBench: not needed)")
+    p.add_argument("--annotations", help="ground truth file or folder (default: none, answers only; MMBench: the tsv)")
+    p.add_argument("--mode", choices=["generate", "rank"], default="generate", help="rank: most likely choice")
+    p.add_argument("--out", help="output folder (default: eval/MODEL/BENCHMARK)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--limit", type=int, help="only the first N questions")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", choices=sorted(DTYPES), help="parameter dtype (default: the stored one)")
+    p.add_argument("--compile", action="store_true", help="compile the decode step")
+    p.set_defaults(run=_eval, temperature=0.0, top_p=1.0, top_k=0, seed=None)
+    p = sub.add_parser("score", help="score an answers file (ours, LLaVA's or upstream VisualRWKV's)")
+    p.add_argument("--benchmark", required=True, help=names)
+    p.add_argument("--answers", required=True, help="answers file (JSON lines: question_id, text, ...)")
+    p.add_argument("--annotations", help="ground truth file or folder (MMBench: default the --questions tsv)")
+    p.add_argument("--questions", help="the question file, for answers that do not carry their question")
+    p.add_argument("--out", help="also write the result JSON here")
+    p.set_defaults(run=_score)
     p = sub.add_parser("list", help="list the presets")
     p.add_argument("pattern", nargs="?", default="*")
     p.add_argument("--params", action="store_true", help="count parameters (each preset built on the meta device)")
@@ -373,6 +403,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--record", help="also write the result table to this markdown file")
     p.set_defaults(run=_demo)
+    p = sub.add_parser("serve", help="serve a model: OpenAI-compatible API (images, streaming) and a chat page")
+    p.add_argument("--model", required=True, help="save_pretrained directory or preset name")
+    p.add_argument("--name", help="model id in the API (default: the directory or preset name)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", choices=sorted(DTYPES), help="parameter dtype (default: the stored one)")
+    p.add_argument("--max-batch", type=int, default=16, help="requests prefilling or decoding at once")
+    p.add_argument("--prefill-chunk", type=int, default=256, help="prompt tokens prefilled between decode steps")
+    p.add_argument("--state-cache-mb", type=float, default=256, help="prefix-state cache budget (0: off)")
+    p.add_argument("--max-image-bytes", type=int, default=8 << 20, help="encoded image size limit")
+    p.add_argument("--max-image-pixels", type=int, default=25_000_000, help="width x height limit")
+    p.add_argument("--max-body-bytes", type=int, default=16 << 20, help="request body size limit")
+    p.add_argument("--api-key", help="require Authorization: Bearer KEY on /v1/")
+    p.add_argument("--image-dir", help="folder that file:// image URLs may point into (default: none allowed)")
+    p.add_argument("--compile", action="store_true", help="compile the decode step")
+    p.set_defaults(run=_serve)
     args = parser.parse_args(argv)
     try:
         return args.run(args)

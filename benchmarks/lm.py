@@ -3,15 +3,18 @@
     python benchmarks/lm.py                  # 4-layer C=512 x060 model, T=1024, fp32
     python benchmarks/lm.py --quick          # shorter prompt, fewer repeats
     python benchmarks/lm.py --version x052 --layers 2 --dim 256
+    python benchmarks/lm.py --version x070   # RWKV-7: the package runs in x070 mode (RWKV_V7_ON=1)
 
 Both sides run the same random checkpoint, written once in BlinkDL's format: ours loaded with
-``assemblies.load_blinkdl`` (as a user gets it), the reference with ``rwkv.model.RWKV(path,
-'cpu fp32')`` (TorchScript on, its default). Prefill feeds the whole prompt from a zero state and
-computes the last position's logits (what generation needs); decode feeds one token at a time
-with the carried state. Runs are interleaved and medians reported; the last-token logits of both
-are compared as a correctness guard. The last line is the decode floor: the time to read every weight once
-per token at the memory bandwidth the head's matrix-vector product achieves, and so the largest speed-up
-over the reference any implementation could reach on this machine. ``--out DIR`` writes the table as Markdown.
+``assemblies.load_blinkdl`` (as a user gets it), the reference with ``rwkv.model.RWKV(path, 'cpu fp32')``
+(TorchScript on, its default). For ``--version x070`` the process sets ``RWKV_V7_ON=1`` before it imports
+``rwkv`` (the package's RWKV-7 class takes the path without ``.pth``); a process that has imported the package
+in the other mode, or has ``RWKV_V7_ON=1`` set for x052 / x060, refuses. Prefill feeds the whole prompt from a
+zero state and computes the last position's logits (what generation needs); decode feeds one token at a time
+with the carried state. Runs are interleaved and medians reported; the last-token logits of both are compared as
+a correctness guard. The last line is the decode floor: the time to read every weight once per token at the
+memory bandwidth the head's matrix-vector product achieves, and so the largest speed-up over the reference any
+implementation could reach on this machine. ``--out DIR`` writes the table as Markdown.
 """
 
 from __future__ import annotations
@@ -33,11 +36,21 @@ from benchmarks._machine import cpu_name  # noqa: E402
 from rwkvblocks.generation import step_function  # noqa: E402
 
 
-def _reference_class():
-    """``rwkv.model.RWKV`` with TorchScript on and CUDA off; the TF32 flags it flips are restored."""
+def _reference_class(version: str = "x060"):
+    """``rwkv.model.RWKV`` with TorchScript on and CUDA off; the TF32 flags it flips are restored.
+
+    x070 needs ``RWKV_V7_ON=1`` before the package is imported, after which the process can load no
+    RWKV-5/6 model: this sets it for x070 and refuses a process whose package is in the other mode.
+    """
     os.environ.setdefault("RWKV_JIT_ON", "1")
     os.environ["RWKV_CUDA_ON"] = "0"
-    if os.environ.get("RWKV_V7_ON") == "1":
+    v7 = version == "x070"
+    loaded = sys.modules.get("rwkv.model")
+    if loaded is not None and (loaded.RWKV.__name__ == "RWKV_x070") != v7:
+        raise SystemExit(f"this process already imported rwkv in the other mode; run --version {version} on its own")
+    if v7:
+        os.environ["RWKV_V7_ON"] = "1"
+    elif os.environ.get("RWKV_V7_ON") == "1":
         raise SystemExit("unset RWKV_V7_ON: it swaps the rwkv package to RWKV-7")
     flags = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
     warnings.filterwarnings("ignore", category=FutureWarning, module="torch.jit")  # deprecation notices
@@ -53,7 +66,9 @@ def write_checkpoint(cfg: RWKVConfig, path: Path, seed: int = 0) -> None:
     model = build_rwkv_lm(cfg)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if p.dim() == 2 and "lora" not in name:
+            if cfg.version == "x070" and p.dim() == 2 and not name.endswith((".weight", ".mix")):
+                p.uniform_(-0.1, 0.1)  # the LoRAs (w1, a2, ...) and r_k
+            elif p.dim() == 2 and "lora" not in name:
                 p.normal_(0, p.shape[1] ** -0.5)
     save_blinkdl(model, path)
 
@@ -111,8 +126,10 @@ def run(
         runners.append(plain_runner)
         if compiled:
             runners.insert(1, _Ours(ours, compile=True))
-        if with_reference:
-            runners.append(_Reference(_reference_class()(str(path), "cpu fp32", verbose=False)))
+        if with_reference and cfg.version == "x070":
+            runners.append(_Reference(_reference_class("x070")(str(path.with_suffix("")), "cpu fp32")))
+        elif with_reference:
+            runners.append(_Reference(_reference_class(cfg.version)(str(path), "cpu fp32", verbose=False)))
         torch.set_num_threads(threads)  # importing rwkv must not change it
         g = torch.Generator().manual_seed(1)
         prompt = torch.randint(0, cfg.vocab_size, (T,), generator=g).tolist()
@@ -195,7 +212,7 @@ def _machine() -> str:
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--version", default="x060", choices=["x052", "x060"])
+    p.add_argument("--version", default="x060", choices=["x052", "x060", "x070"])
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--dim", type=int, default=512)
     p.add_argument("--vocab", type=int, default=65536)

@@ -4,12 +4,17 @@
     python benchmarks/wkv.py --quick         # fewer repeats (what `make demo` runs)
     python benchmarks/wkv.py --device cuda --dtype bf16
     python benchmarks/wkv.py --device cuda --gpu-check --out benchmarks/results   # the issue's table
+    python benchmarks/wkv.py --op wkv7       # the RWKV-7 operator's backends instead
 
 For every shape and available backend it times the forward (no autograd) and the forward +
 backward (gradients of r, k, v, w, u and the initial state), interleaving the backends run by
 run and reporting medians, and prints each backend's speed-up over ``reference``. On the CPU it
 then measures the peak resident memory that forward + backward adds, in a fresh subprocess per
 point, at several sequence lengths. ``--out DIR`` writes the tables as Markdown.
+
+``--op wkv7`` times the RWKV-7 operator (``rwkvblocks.ops.wkv7``) the same way: inputs as its TimeMix makes
+them (log-decays in RWKV-7's ``(-0.6065, 0)``, ``a = -kk``, ``b = kk * gate`` with ``kk`` L2-normalised per
+head), gradients of r, w, k, v, a, b and the initial state; the tables go to ``DIR/wkv7-<device>-<dtype>.md``.
 
 ``--gpu-check`` (CUDA, bf16) runs the Triton kernels' acceptance table instead: the card's copy
 bandwidth, the first-call compile time, bf16 relative errors of o, the state and every gradient
@@ -38,7 +43,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._machine import cpu_name  # noqa: E402
-from rwkvblocks.ops import wkv6, wkv_dispatcher  # noqa: E402
+from rwkvblocks.ops import WKV7Inputs, WKVInputs, wkv6, wkv7, wkv7_dispatcher, wkv_dispatcher  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -55,6 +60,7 @@ SHAPES = [
     Shape("decode B=8 T=1", 8, 1, 32, 64),
 ]
 MEMORY_T = (1024, 2048, 4096)
+MEMORY_T7 = (256, 512, 1024)  # wkv7's reference tape holds ~5 states per token: ~18 GB at T=4096
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -73,35 +79,61 @@ def make_inputs(shape: Shape, dtype: torch.dtype, device: str, seed: int = 0):
     return r, k, v, w, u, state
 
 
+def make_inputs7(shape: Shape, dtype: torch.dtype, device: str, seed: int = 0):
+    """Random RWKV-7 inputs ``(r, w, k, v, a, b, state)`` as its TimeMix makes them: log-decay
+    ``-e^{-1/2} sigmoid(z)`` in fp32, ``a = -kk``, ``b = kk * sigmoid(.)`` with ``kk`` unit-norm per head."""
+    g = torch.Generator().manual_seed(seed)
+    B, T, H, K = shape.B, shape.T, shape.H, shape.K
+
+    def rnd(*size, scale=1.0):
+        return torch.randn(*size, generator=g) * scale
+
+    r, k = (rnd(B, T, H, K, scale=0.5) for _ in range(2))
+    v = rnd(B, T, H, K)
+    w = -torch.exp(torch.tensor(-0.5)) * torch.sigmoid(rnd(B, T, H, K))
+    kk = torch.nn.functional.normalize(rnd(B, T, H, K), dim=-1)
+    a, b = -kk, kk * torch.sigmoid(rnd(B, T, H, K))
+    state = rnd(B, H, K, K, scale=0.1)
+    dev = [x.to(device) for x in (r, w, k, v, a, b, state)]
+    return tuple(x if i in (1, 6) else x.to(dtype) for i, x in enumerate(dev))
+
+
+# per op: the entry point, its inputs, its dispatcher, and what a backend is asked about
+OPS = {
+    "wkv6": (wkv6, make_inputs, wkv_dispatcher, lambda x: WKVInputs.from_tensors(x[0], x[2], x[5], False, True)),
+    "wkv7": (wkv7, make_inputs7, wkv7_dispatcher, lambda x: WKV7Inputs.from_tensors(x[0], x[3], x[6], True)),
+}
+
+
 def _sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
 
 
-def _fwd(backend, inputs, device):
+def _fwd(backend, inputs, device, op="wkv6"):
     with torch.no_grad():
-        wkv6(*inputs, backend=backend)
+        OPS[op][0](*inputs, backend=backend)
     _sync(device)
 
 
-def _fwd_bwd(backend, inputs, device):
+def _fwd_bwd(backend, inputs, device, op="wkv6"):
     leaves = [x.detach().requires_grad_() for x in inputs]
-    o, s = wkv6(*leaves, backend=backend)
+    o, s = OPS[op][0](*leaves, backend=backend)
     (o.float().square().mean() + s.square().mean()).backward()
     _sync(device)
 
 
-def time_backends(shape: Shape, backends, dtype, device, repeats: int, grad: bool) -> dict[str, float]:
+def time_backends(shape: Shape, backends, dtype, device, repeats: int, grad: bool, op="wkv6") -> dict[str, float]:
     """Median seconds per backend, the backends interleaved run by run (one warm-up each)."""
-    inputs = make_inputs(shape, dtype, device)
+    inputs = OPS[op][1](shape, dtype, device)
     fn = _fwd_bwd if grad else _fwd
     times: dict[str, list[float]] = {b: [] for b in backends}
     for b in backends:
-        fn(b, inputs, device)
+        fn(b, inputs, device, op)
     for _ in range(repeats):
         for b in backends:
             t0 = time.perf_counter()
-            fn(b, inputs, device)
+            fn(b, inputs, device, op)
             times[b].append(time.perf_counter() - t0)
     return {b: statistics.median(ts) for b, ts in times.items()}
 
@@ -110,15 +142,15 @@ def _fmt_time(seconds: float) -> str:
     return f"{seconds * 1e3:.3f} ms" if seconds < 0.01 else f"{seconds * 1e3:.1f} ms"
 
 
-def speed_table(backends, dtype, device, repeats, shapes) -> list[str]:
+def speed_table(backends, dtype, device, repeats, shapes, op="wkv6") -> list[str]:
     rows = [
         "| shape | backend | forward | fwd+bwd | forward vs reference | fwd+bwd vs reference |",
         "| --- | --- | ---: | ---: | ---: | ---: |",
     ]
     print("\n".join(rows), flush=True)
     for shape in shapes:
-        fwd = time_backends(shape, backends, dtype, device, repeats, grad=False)
-        bwd = time_backends(shape, backends, dtype, device, max(1, repeats // 2 + 1), grad=True)
+        fwd = time_backends(shape, backends, dtype, device, repeats, grad=False, op=op)
+        bwd = time_backends(shape, backends, dtype, device, max(1, repeats // 2 + 1), grad=True, op=op)
         for b in backends:
             fr = f"{fwd['reference'] / fwd[b]:.2f}x" if "reference" in fwd else "-"
             br = f"{bwd['reference'] / bwd[b]:.2f}x" if "reference" in bwd else "-"
@@ -127,22 +159,23 @@ def speed_table(backends, dtype, device, repeats, shapes) -> list[str]:
     return rows
 
 
-def _peak_rss_probe(backend: str, T: int, dtype: str) -> None:
+def _peak_rss_probe(backend: str, T: int, dtype: str, op: str = "wkv6") -> None:
     """Subprocess body: peak RSS added by one forward+backward, printed as JSON (bytes)."""
     shape = Shape("probe", 1, T, 32, 64)
-    inputs = make_inputs(shape, DTYPES[dtype], "cpu")
-    _fwd_bwd(backend, make_inputs(Shape("warm", 1, 64, 32, 64), DTYPES[dtype], "cpu"), "cpu")
+    make = OPS[op][1]
+    inputs = make(shape, DTYPES[dtype], "cpu")
+    _fwd_bwd(backend, make(Shape("warm", 1, 64, 32, 64), DTYPES[dtype], "cpu"), "cpu", op)
     with open("/proc/self/status") as f:
         rss = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) * 1024
     with open("/proc/self/clear_refs", "w") as f:  # "5" resets the peak-RSS counter
         f.write("5")
-    _fwd_bwd(backend, inputs, "cpu")
+    _fwd_bwd(backend, inputs, "cpu", op)
     with open("/proc/self/status") as f:
         peak = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) * 1024
     print(json.dumps({"added": peak - rss}))
 
 
-def memory_table(backends, dtype_name: str, lengths) -> list[str]:
+def memory_table(backends, dtype_name: str, lengths, op: str = "wkv6") -> list[str]:
     rows = [
         "| T | " + " | ".join(f"{b} peak added" for b in backends) + " | reference / chunked |",
         "| ---: | " + " | ".join("---:" for _ in backends) + " | ---: |",
@@ -151,7 +184,7 @@ def memory_table(backends, dtype_name: str, lengths) -> list[str]:
     for T in lengths:
         added = {}
         for b in backends:
-            cmd = [sys.executable, __file__, "--_probe", b, str(T), dtype_name]
+            cmd = [sys.executable, __file__, "--_probe", b, str(T), dtype_name, op]
             out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
             added[b] = json.loads(out.strip().splitlines()[-1])["added"]
         ratio = f"{added['reference'] / added['chunked']:.1f}x" if {"reference", "chunked"} <= added.keys() else "-"
@@ -403,6 +436,7 @@ def gpu_check(
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--op", default="wkv6", choices=sorted(OPS), help="the operator to time (default wkv6)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
     p.add_argument("--repeats", type=int, default=7)
@@ -417,12 +451,14 @@ def main(argv=None) -> None:
     )
     p.add_argument("--out", type=Path, help="write the tables to DIR/wkv-<device>.md")
     p.add_argument("--gpu-check", action="store_true", help="the Triton kernels' acceptance table (CUDA)")
-    p.add_argument("--_probe", nargs=3, help=argparse.SUPPRESS)
+    p.add_argument("--_probe", nargs="+", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args._probe:
-        backend, T, dtype = args._probe
-        _peak_rss_probe(backend, int(T), dtype)
+        backend, T, dtype, *op = args._probe
+        _peak_rss_probe(backend, int(T), dtype, *op)
         return
+    if args.gpu_check and args.op != "wkv6":
+        raise SystemExit("--gpu-check covers wkv6 only")
     if args.gpu_check:
         if not (args.device.startswith("cuda") and torch.cuda.is_available()):
             raise SystemExit("--gpu-check needs --device cuda and a CUDA device")
@@ -440,19 +476,19 @@ def main(argv=None) -> None:
 
     dtype = DTYPES[args.dtype]
     repeats = 3 if args.quick else args.repeats
-    probe = make_inputs(Shape("probe", 1, 1, 1, 16), dtype, args.device)
-    from rwkvblocks.ops import WKVInputs
-
-    sample = WKVInputs.from_tensors(probe[0], probe[2], probe[5], False, True)
+    _, make, dispatcher, describe = OPS[args.op]
+    sample = describe(make(Shape("probe", 1, 1, 1, 16), dtype, args.device))
     backends = args.backends or [
-        b.name for b in wkv_dispatcher.backends if not (b.reasons(sample) or b.auto_reasons(sample))
+        b.name for b in dispatcher.backends if not (b.reasons(sample) or b.auto_reasons(sample))
     ]
     machine = _machine(args.device)
+    title = "WKV" if args.op == "wkv6" else args.op.upper()
     header = [
-        f"# WKV backends on {machine}",
+        f"# {title} backends on {machine}",
         "",
         f"torch {torch.__version__}, dtype {args.dtype}, median of {repeats} interleaved runs "
         f"(fwd+bwd: {max(1, repeats // 2 + 1)}); command: `python benchmarks/wkv.py"
+        + (f" --op {args.op}" if args.op != "wkv6" else "")
         + (" --quick" if args.quick else "")
         + (f" --device {args.device}" if args.device != "cpu" else "")
         + (f" --dtype {args.dtype}" if args.dtype != "fp32" else "")
@@ -467,16 +503,18 @@ def main(argv=None) -> None:
             name, _, dims = spec.rpartition("=")
             B, T, H, K = (int(x) for x in dims.split(","))
             shapes.append(Shape(name or spec, B, T, H, K))
-    lines = header + speed_table(backends, dtype, args.device, repeats, shapes)
+    lines = header + speed_table(backends, dtype, args.device, repeats, shapes, op=args.op)
     if args.device == "cpu" and not args.no_memory and os.path.exists("/proc/self/clear_refs"):
-        lengths = (MEMORY_T[0], MEMORY_T[-1]) if args.quick else MEMORY_T
+        memory_t = MEMORY_T if args.op == "wkv6" else MEMORY_T7
+        lengths = (memory_t[0], memory_t[-1]) if args.quick else memory_t
         print("\nPeak resident memory added by one forward+backward (B=1 H=32 K=64):", flush=True)
         lines += ["", "Peak resident memory added by one forward+backward (B=1 H=32 K=64):", ""]
-        lines += memory_table(backends, args.dtype, lengths)
+        lines += memory_table(backends, args.dtype, lengths, op=args.op)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         tag = "cpu" if args.device == "cpu" else torch.cuda.get_device_name().replace(" ", "-")
-        path = args.out / f"wkv-{tag}-{args.dtype}.md"
+        prefix = "wkv" if args.op == "wkv6" else args.op
+        path = args.out / f"{prefix}-{tag}-{args.dtype}.md"
         tmp = path.with_suffix(".tmp")
         tmp.write_text("\n".join(lines) + "\n")
         os.replace(tmp, path)

@@ -7,12 +7,14 @@ Heavy optional dependencies (triton, timm, open_clip, xformers) are imported laz
 
 from .block import RWKVBlock
 from .channel_mix import ChannelMix, ffn_dim
+from .channel_mix7 import ChannelMix7
 from .lm import RWKVLanguageModel
 from .losses import BatchLevelCE, SampleLevelCE
 from .ops import BackendUnavailableError, wkv5, wkv6
 from .scan import Scanned, ScanPermuter, ScanPlan
 from .state import KVCache, RWKVBlockState, RWKVState, TimeMixState
 from .time_mix import DataDependentDecay, StaticDecay, TimeMix
+from .time_mix7 import TimeMix7
 from .tiny_attention import PreNormTinyAttention, TinyAttention
 from .token_shift import DataDependentTokenShift, TokenShift, shift_tokens
 
@@ -22,6 +24,7 @@ __all__ = [
     "BackendUnavailableError",
     "BatchLevelCE",
     "ChannelMix",
+    "ChannelMix7",
     "DataDependentDecay",
     "DataDependentTokenShift",
     "KVCache",
@@ -36,6 +39,7 @@ __all__ = [
     "Scanned",
     "StaticDecay",
     "TimeMix",
+    "TimeMix7",
     "TimeMixState",
     "TinyAttention",
     "TokenShift",

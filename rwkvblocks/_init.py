@@ -23,9 +23,10 @@ def channel_ramp(dim: int) -> Tensor:
 
 
 @torch.no_grad()
-def orthogonal_(weight: Tensor, gain: float) -> None:
+def orthogonal_(weight: Tensor, gain: float, *, shape_gain: bool = True) -> None:
     """BlinkDL's matrix init: orthogonal with ``gain * sqrt(out / in)`` when ``out > in``; 0 -> zeros.
 
+    ``shape_gain=False`` drops the ``sqrt(out / in)`` factor (BlinkDL's x070 init of ``Linear`` weights).
     Computed in fp32 (fp64 for fp64; QR has no bf16 kernel) and copied; a no-op on ``meta``.
     """
     if weight.is_meta:
@@ -34,7 +35,7 @@ def orthogonal_(weight: Tensor, gain: float) -> None:
         weight.zero_()
         return
     out_features, in_features = weight.shape
-    if out_features > in_features:
+    if shape_gain and out_features > in_features:
         gain *= math.sqrt(out_features / in_features)
     tmp = torch.empty(weight.shape, dtype=torch.float64 if weight.dtype == torch.float64 else torch.float32)
     nn.init.orthogonal_(tmp, gain=gain)

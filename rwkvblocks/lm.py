@@ -38,7 +38,7 @@ class RWKVLanguageModel(nn.Module):
         A whole sequence at once (parallel) and token by token with the carried state
         (recurrent) give the same logits and states.
 
-    Reference: BlinkDL RWKV-LM x052 / x060 (DESIGN.md §4), checked against the ``rwkv`` package.
+    Reference: BlinkDL RWKV-LM x052 / x060 / x070 (DESIGN.md §4, §15), checked against the ``rwkv`` package.
     Builders and checkpoint loading: ``assemblies.build_rwkv_lm``, ``assemblies.load_blinkdl``.
     """
 

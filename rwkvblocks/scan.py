@@ -184,13 +184,29 @@ class ScanPlan:
         """``block`` run in the scan order of layer ``layer_idx``: returns ``(y in raster order, state)``.
 
         ``block(x, state, **kwargs)`` may return ``(y, state)`` or a bare ``y`` (a stateless block: the state
-        returned is then ``None``).
+        returned is then ``None``). Sequence tensors (`[B, T, ...]`) of a ``context=`` dict stay in raster
+        order between blocks, like the residual stream: the block sees them in its own scan order (RWKV-7's
+        ``v_first``, written by layer 0 and read by every later layer).
 
         Raises:
             ValueError: the block returned something else.
         """
+        context = kwargs.get("context")
+        if context is not None:
+            seen = {k: self._to_scan(v, layer_idx) for k, v in context.items()}
+            kwargs["context"] = dict(seen)
         y, state = split_block_output(block(self.permute(x, layer_idx), state, **kwargs), f"block {layer_idx}")
+        if context is not None:
+            for k, v in kwargs["context"].items():
+                if k not in seen or v is not seen[k]:  # written by the block
+                    context[k] = self._to_scan(v, layer_idx, inverse=True)
         return self.unpermute(y, layer_idx), state
+
+    def _to_scan(self, value: Any, layer_idx: int, inverse: bool = False) -> Any:
+        """A context value in (or, ``inverse``, out of) layer ``layer_idx``'s order, if it is a sequence."""
+        if not isinstance(value, Tensor) or value.shape[:2] != (self.batch_size, self.seq_len):
+            return value
+        return self.unpermute(value, layer_idx) if inverse else self.permute(value, layer_idx)
 
 
 class Scanned(torch.nn.Module):

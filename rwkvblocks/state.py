@@ -57,7 +57,8 @@ class TimeMixState(NamedTuple):
 
     Shapes:
         shift: `[B, C]`, the last input (model dtype).
-        wkv: `[B, H, K, V]` fp32 (fp64 for fp64 models), key index first.
+        wkv: `[B, H, K, V]` fp32 (fp64 for fp64 models), key index first; RWKV-7 (``TimeMix7``) keeps
+            BlinkDL's `[B, H, V, K]`, value index first.
     """
 
     shift: Tensor
@@ -71,7 +72,7 @@ class RWKVBlockState(NamedTuple):
 
     Shapes:
         att_shift: `[B, C]`, the last ln1 output (model dtype).
-        wkv: `[B, H, K, V]` fp32 (fp64 for fp64 models), key index first.
+        wkv: `[B, H, K, V]` fp32 (fp64 for fp64 models), key index first (RWKV-7: `[B, H, V, K]`).
         ffn_shift: `[B, C]`, the last ln2 output (model dtype).
         kv: the ``KVCache`` of the block's ``PreNormTinyAttention`` (hybrid models), else ``None``.
     """

@@ -191,7 +191,7 @@ class VisualRWKVConfig:
 
     Attributes:
         lm: The RWKV language model (``version`` x052 = RWKV-5 static recurrence, x060 = RWKV-6
-            data-dependent recurrence).
+            data-dependent recurrence, x070 = RWKV-7 generalised delta rule).
         encoder: The image encoder and its token layout.
         projector: ``"linear"`` (upstream: one bias-free ``Linear``) or ``"mlp"``.
         projector_depth: Linear layers of the MLP projector.

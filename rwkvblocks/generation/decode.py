@@ -52,12 +52,16 @@ class GenerationResult:
     Attributes:
         tokens: Generated ids (without the stop token).
         text: Their text (without the stop string), when a ``decode_bytes`` was given.
-        finish_reason: ``"stop"`` (stop token or stop string) or ``"length"`` (``max_new_tokens``).
+        finish_reason: ``"stop"`` (stop token or stop string), ``"length"`` (``max_new_tokens``), or ``"error"``
+            (choosing its token raised, with ``Decoder(isolate_errors=True)``; the message is in ``error``).
         stop: The stop token id or stop string that ended it (``None`` for ``"length"``).
         logprobs: One ``TokenLogprob`` per token when the config asked for them.
         prompt_tokens: Length of the prompt.
         state: With ``decode(..., return_state=True)``: the state after the prompt and every generated token
             but the last (which was chosen and never fed); feed it (and the turn's end) to continue.
+        logits: With ``state``: the logits `[1, V]` of the next token after ``state`` (the ones the last token was
+            chosen from), so that ``(logits, state)`` is a prefilled start like any other.
+        error: Why the request ended with ``finish_reason="error"``.
     """
 
     tokens: list[int] = field(default_factory=list)
@@ -67,6 +71,8 @@ class GenerationResult:
     logprobs: list[TokenLogprob] | None = None
     prompt_tokens: int = 0
     state: RWKVState | None = None
+    logits: Tensor | None = None
+    error: str | None = None
 
 
 class GenerationEvent(NamedTuple):
@@ -153,7 +159,10 @@ class Decoder:
         step: ``step(tokens [B, 1], state) -> (logits [B, 1, V], state)``.
         vocab_size: ``V``.
         decode_bytes: The tokenizer's ``decode_bytes``, for text and stop strings.
-        return_state: Put each request's final state in its result (to continue a conversation from it).
+        return_state: Put each request's final state and its next-token logits in its result (to continue a
+            conversation from it).
+        isolate_errors: An exception while choosing one request's token (sampling, decoding its text) ends that
+            request alone with ``finish_reason="error"``; the others go on. Default: the exception propagates.
 
     Example:
         >>> import torch
@@ -177,9 +186,10 @@ class Decoder:
         vocab_size: int,
         decode_bytes: Callable[[Sequence[int]], bytes] | None = None,
         return_state: bool = False,
+        isolate_errors: bool = False,
     ) -> None:
         self._step, self.vocab_size = step, vocab_size
-        self.decode_bytes, self.return_state = decode_bytes, return_state
+        self.decode_bytes, self.return_state, self.isolate_errors = decode_bytes, return_state, isolate_errors
         self._cohorts: list[_Cohort] = []
         self._next = 0
 
@@ -198,15 +208,47 @@ class Decoder:
         _join(self._cohorts, _Cohort([row], state, logits.reshape(1, -1)))
         return index
 
+    def result(self, index: int) -> GenerationResult:
+        """The live result of active request ``index``: its tokens and log-probabilities so far."""
+        cohort, j = self._find(index)
+        return cohort.rows[j].result
+
+    def cancel(self, index: int) -> bool:
+        """Drop active request ``index`` between steps (its client went away); returns whether it was active."""
+        try:
+            cohort, j = self._find(index)
+        except KeyError:
+            return False
+        if len(cohort.rows) == 1:
+            self._cohorts.remove(cohort)
+            return True
+        keep = [k for k in range(len(cohort.rows)) if k != j]
+        cohort.state, cohort.logits = cohort.state[torch.tensor(keep)], cohort.logits[keep]
+        del cohort.rows[j]
+        return True
+
+    def _find(self, index: int) -> tuple[_Cohort, int]:
+        for cohort in self._cohorts:
+            for j, row in enumerate(cohort.rows):
+                if row.index == index:
+                    return cohort, j
+        raise KeyError(f"request {index} is not active")
+
     def step(self) -> list[GenerationEvent]:
         """Choose one token for every active request and feed the batch once; finished requests leave."""
         events = []
         for cohort in list(self._cohorts):
             keep, tokens = [], []
             for j, row in enumerate(cohort.rows):
-                token, piece, done = row.choose(cohort.logits[j])
+                try:
+                    token, piece, done = row.choose(cohort.logits[j])
+                except Exception as err:
+                    if not self.isolate_errors:
+                        raise
+                    row.result.finish_reason, row.result.error = "error", f"{type(err).__name__}: {err}"
+                    token, piece, done = None, "", True
                 if done and self.return_state:
-                    row.result.state = cohort.state[j]
+                    row.result.state, row.result.logits = cohort.state[j], cohort.logits[j : j + 1].clone()
                 events.append(GenerationEvent(row.index, token, piece, row.result if done else None))
                 if not done:
                     keep.append(j)

@@ -1,8 +1,11 @@
-"""BlinkDL's RWKV-5/6 ``.pth`` checkpoints, both ways: ``load_blinkdl`` / ``save_blinkdl``.
+"""BlinkDL's RWKV-5/6/7 ``.pth`` checkpoints, both ways: ``load_blinkdl`` / ``save_blinkdl``.
 
-A BlinkDL checkpoint is a flat dict of tensors (DESIGN.md §5). Everything about the model — version
-(x052 / x060), vocabulary, width, layers, heads and head size, FFN width, LoRA ranks — is read from
+A BlinkDL checkpoint is a flat dict of tensors (DESIGN.md §5, §15). Everything about the model — version
+(x052 / x060 / x070), vocabulary, width, layers, heads and head size, FFN width, LoRA ranks — is read from
 tensor shapes, so any released size loads without a configuration file.
+
+x070 files: ``blocks.0.att.v0/v1/v2`` (a value-residual LoRA that layer 0 never uses) may be present or
+absent; they are dropped on loading and not written on saving, as the ``rwkv`` package ignores them.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from rwkvblocks import DataDependentTokenShift, RWKVBlock, RWKVLanguageModel
+from rwkvblocks import DataDependentTokenShift, RWKVBlock, RWKVLanguageModel, TimeMix7
 
 from ..._io import atomic_file
 from ..rwkv_lm import RWKVConfig, build_rwkv_lm
@@ -53,6 +56,9 @@ def _layout(config: RWKVConfig) -> list[_Entry]:
     def stacked(ours: str, theirs: list[str]) -> _Entry:
         return _Entry(ours, tuple(theirs), (1, 1, C), (len(theirs), C))
 
+    def vector(ours: str, theirs: str) -> _Entry:
+        return _Entry(ours, (theirs,), (1, 1, C), (C,))
+
     entries = [same("emb.weight", (V, C))]
     for i in range(config.num_layers):
         p = f"blocks.{i}."
@@ -61,6 +67,9 @@ def _layout(config: RWKVConfig) -> list[_Entry]:
         for ln in ("ln1", "ln2"):
             entries += [same(f"{p}{ln}.weight", (C,)), same(f"{p}{ln}.bias", (C,))]
         a, f = p + "att.", p + "ffn."
+        if config.version == "x070":
+            entries += _layout_x070(config, i, same, stacked, vector)
+            continue
         if config.version == "x060":
             Dm, Dd = config.mix_rank, config.decay_rank
             entries += [
@@ -87,6 +96,29 @@ def _layout(config: RWKVConfig) -> list[_Entry]:
     entries += [same("ln_out.weight", (C,)), same("ln_out.bias", (C,)), same("head.weight", (V, C))]
     return entries
 
+
+def _layout_x070(config: RWKVConfig, i: int, same, stacked, vector) -> list[_Entry]:
+    C, H, K, F = config.dim, config.num_heads, config.head_dim, config.ffn_dim
+    a, f = f"blocks.{i}.att.", f"blocks.{i}.ffn."
+    loras = [("w", config.decay_rank), ("a", config.a_rank)]
+    loras += [("v", config.value_rank)] if i > 0 else []  # layer 0's are unused: _IGNORED_X070
+    entries = [stacked(a + "token_shift.mix", [a + f"x_{n}" for n in "rwkvag"])]
+    for name, rank in loras:
+        entries += [
+            vector(a + f"{name}0", a + f"{name}0"),
+            same(a + f"{name}1", (C, rank)),
+            same(a + f"{name}2", (rank, C)),
+        ]
+    entries += [same(a + "g1", (C, config.gate_rank)), same(a + "g2", (config.gate_rank, C))]
+    entries += [vector(a + "k_k", a + "k_k"), vector(a + "k_a", a + "k_a"), same(a + "r_k", (H, K))]
+    entries += [same(a + f"{n}.weight", (C, C)) for n in ("receptance", "key", "value", "output")]
+    entries += [same(a + "ln_x.weight", (C,)), same(a + "ln_x.bias", (C,))]
+    entries += [stacked(f + "token_shift.mix", [f + "x_k"])]
+    entries += [same(f + "key.weight", (F, C)), same(f + "value.weight", (C, F))]
+    return entries
+
+
+_IGNORED_X070 = ("blocks.0.att.v0", "blocks.0.att.v1", "blocks.0.att.v2")  # accepted and dropped
 
 # Our module names for the x060 LoRA matrices (BlinkDL keeps them on the attention module).
 _RENAMES = {
@@ -117,6 +149,8 @@ def infer_rwkv_config(state_dict: Mapping[str, Tensor]) -> RWKVConfig:
             names it. (Missing, unexpected or mis-shaped tensors elsewhere are reported by
             ``blinkdl_to_state_dict``.)
     """
+    if "blocks.0.att.r_k" in state_dict:
+        return _infer_x070(state_dict)
     need = {
         "emb.weight": 2,
         "blocks.0.att.time_faaaa": 2,
@@ -124,11 +158,11 @@ def infer_rwkv_config(state_dict: Mapping[str, Tensor]) -> RWKVConfig:
     }
     problems = [f"{k} (expected a {n}-D tensor)" for k, n in need.items() if _shape(state_dict, k, n) is None]
     if problems:
-        raise ValueError("not an RWKV-5/6 checkpoint in BlinkDL format; missing or malformed: " + ", ".join(problems))
+        raise ValueError("not an RWKV-5/6/7 checkpoint in BlinkDL format; missing or malformed: " + ", ".join(problems))
     V, C = _shape(state_dict, "emb.weight")
     H, K = _shape(state_dict, "blocks.0.att.time_faaaa")
     F = _shape(state_dict, "blocks.0.ffn.key.weight")[0]
-    layers = {int(m.group(1)) for k in state_dict if (m := re.match(r"blocks\.(\d+)\.", k))}
+    layers = _layer_indices(state_dict)
     if "blocks.0.att.time_maa_x" in state_dict:
         w1 = _shape(state_dict, "blocks.0.att.time_maa_w1", 2)
         d1 = _shape(state_dict, "blocks.0.att.time_decay_w1", 2)
@@ -141,8 +175,45 @@ def infer_rwkv_config(state_dict: Mapping[str, Tensor]) -> RWKVConfig:
     if "blocks.0.att.time_mix_k" in state_dict:
         return RWKVConfig("x052", V, C, max(layers) + 1, K, F)
     raise ValueError(
-        "cannot tell the RWKV version: neither blocks.0.att.time_maa_x (x060) nor "
+        "cannot tell the RWKV version: none of blocks.0.att.r_k (x070), blocks.0.att.time_maa_x (x060) and "
         "blocks.0.att.time_mix_k (x052) is present"
+    )
+
+
+def _layer_indices(state_dict: Mapping[str, Tensor]) -> set[int]:
+    return {int(m.group(1)) for k in state_dict if (m := re.match(r"blocks\.(\d+)\.", k))}
+
+
+def _infer_x070(state_dict: Mapping[str, Tensor]) -> RWKVConfig:
+    """x070: heads and head size from ``r_k``, every LoRA rank from its matrix (never from a formula)."""
+    need = ["emb.weight", "blocks.0.att.r_k", "blocks.0.ffn.key.weight"]
+    need += [f"blocks.0.att.{n}1" for n in "wag"]
+    problems = [f"{k} (expected a 2-D tensor)" for k in need if _shape(state_dict, k, 2) is None]
+    if problems:
+        raise ValueError("x070 checkpoint (it has blocks.0.att.r_k): missing or malformed: " + ", ".join(problems))
+    V, C = _shape(state_dict, "emb.weight")
+    H, K = _shape(state_dict, "blocks.0.att.r_k")
+    F = _shape(state_dict, "blocks.0.ffn.key.weight")[0]
+    indices = _layer_indices(state_dict)
+    layers = max(indices) + 1
+    value_ranks = [  # from the first value LoRA matrix found, layer 0's (unused) last
+        shape[axis]
+        for i in sorted(indices, key=lambda i: (i == 0, i))
+        for key, axis in (("v1", 1), ("v2", 0))
+        if (shape := _shape(state_dict, f"blocks.{i}.att.{key}", 2))
+    ]
+    value_rank = value_ranks[0] if value_ranks else RWKVConfig.value_rank  # one layer: no value residual
+    return RWKVConfig(
+        "x070",
+        V,
+        C,
+        layers,
+        K,
+        F,
+        decay_rank=_shape(state_dict, "blocks.0.att.w1")[1],
+        a_rank=_shape(state_dict, "blocks.0.att.a1")[1],
+        value_rank=value_rank,
+        gate_rank=_shape(state_dict, "blocks.0.att.g1")[1],
     )
 
 
@@ -158,8 +229,9 @@ def blinkdl_to_state_dict(state_dict: Mapping[str, Tensor], config: RWKVConfig) 
     """
     layout = _layout(config)
     expected = {key: entry.their_shape for entry in layout for key in entry.theirs}
+    ignored = _IGNORED_X070 if config.version == "x070" else ()
     missing = sorted(k for k in expected if k not in state_dict)
-    unexpected = sorted(k for k in state_dict if k not in expected)
+    unexpected = sorted(k for k in state_dict if k not in expected and k not in ignored)
     misshaped = sorted(
         f"{k}: expected {list(s)}, got {_describe_entry(state_dict[k])}"
         for k, s in expected.items()
@@ -194,12 +266,26 @@ def rwkv_config_of(model: RWKVLanguageModel) -> RWKVConfig:
     """The ``RWKVConfig`` of a model made by ``build_rwkv_lm`` / ``load_blinkdl``.
 
     Raises:
-        ValueError: the stack is not a plain x052 / x060 RWKV stack (a mixed stack has no BlinkDL form).
+        ValueError: the stack is not a plain x052 / x060 / x070 RWKV stack (a mixed stack has no BlinkDL form).
     """
     others = sorted({type(b).__name__ for b in model.blocks if not isinstance(b, RWKVBlock)})
     if others:
         raise ValueError(f"only a stack of RWKVBlock has a BlinkDL checkpoint form; this one also has {others}")
     att, ffn = model.blocks[0].att, model.blocks[0].ffn
+    if isinstance(att, TimeMix7):
+        value_att = model.blocks[1].att if len(model.blocks) > 1 else att
+        return RWKVConfig(
+            "x070",
+            model.vocab_size,
+            model.dim,
+            len(model.blocks),
+            att.head_dim,
+            ffn.hidden_dim,
+            decay_rank=att.decay_rank,
+            a_rank=att.a_rank,
+            value_rank=value_att.value_rank,
+            gate_rank=att.gate_rank,
+        )
     if isinstance(att.token_shift, DataDependentTokenShift):
         return RWKVConfig(
             "x060",
@@ -227,7 +313,7 @@ def load_blinkdl(
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
 ) -> RWKVLanguageModel:
-    """Load a BlinkDL RWKV-5 (x052) or RWKV-6 (x060) ``.pth`` checkpoint.
+    """Load a BlinkDL RWKV-5 (x052), RWKV-6 (x060) or RWKV-7 (x070) ``.pth`` checkpoint.
 
     The configuration is inferred from tensor shapes; the file is read with
     ``torch.load(weights_only=True)`` (memory-mapped when possible).
