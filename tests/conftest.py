@@ -1,9 +1,10 @@
 """Run the Triton WKV kernels through the Triton interpreter when no CUDA device is present.
 
-Why here: ``triton.jit`` picks compiler or interpreter when a kernel is *decorated*, and
-rwkvblocks decorates its kernels lazily, on their first call. Setting ``TRITON_INTERPRET=1``
-while this conftest is imported (collection time, before any test runs) therefore holds even
-if another module imported ``triton`` earlier in the process, and subprocesses that the tests
+Why here, at the root of the tests: ``triton.jit`` picks compiler or interpreter when a function is
+*decorated*. rwkvblocks decorates its kernels lazily, on their first call, but Triton decorates its own
+library functions (``tl.sigmoid``, ``tl.cdiv``, ...) when ``triton`` is imported, and some test modules import
+packages that import it (transformers, lmms-eval) while they are collected. This conftest is imported before
+anything is collected, so the variable is set before any import of ``triton``; subprocesses that the tests
 start inherit it. With a CUDA device the variable is left alone and the kernels compile.
 """
 
