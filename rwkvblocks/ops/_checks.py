@@ -8,11 +8,13 @@ breaks the graph. ``check_values`` is the one rule every op and block follows.
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from torch import Tensor
 from torch._subclasses.fake_tensor import is_fake
 
-__all__ = ["check_values"]
+__all__ = ["check_cu_seqlens", "check_values", "shape_error"]
 
 
 def check_values(tensor: Tensor, validate: bool | None = None) -> bool:
@@ -42,3 +44,33 @@ def check_values(tensor: Tensor, validate: bool | None = None) -> bool:
     if tensor.device.type == "meta" or is_fake(tensor):
         return False
     return bool(validate) or tensor.device.type == "cpu"
+
+
+def shape_error(name: str, expected: str, x: Tensor) -> ValueError:
+    """The ``ValueError`` for an argument of the wrong shape."""
+    return ValueError(f"{name} must have shape {expected}, got {tuple(x.shape)}")
+
+
+def check_cu_seqlens(cu_seqlens, r: Tensor, validate: bool | None) -> int:
+    """Check packed-sequence boundaries (FlashAttention convention, ``B = 1``); returns the number of sequences N.
+
+    Values (start 0, end T, non-decreasing) are read only where ``check_values(cu_seqlens, validate)`` allows.
+    """
+    if not isinstance(cu_seqlens, Tensor):
+        raise ValueError(f"cu_seqlens must be a torch.Tensor, got {type(cu_seqlens).__name__}")
+    if cu_seqlens.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"cu_seqlens must be int32 or int64, got dtype {cu_seqlens.dtype}")
+    if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2:
+        raise ValueError(f"cu_seqlens must be 1-D [N+1] with N >= 1, got shape {tuple(cu_seqlens.shape)}")
+    if cu_seqlens.device != r.device:
+        raise ValueError(f"cu_seqlens must be on {r.device} like r, got {cu_seqlens.device}")
+    B, T = r.shape[:2]
+    if B != 1:
+        raise ValueError(f"with cu_seqlens the sequences are packed along T and B must be 1, got B={B}")
+    if check_values(cu_seqlens, validate):
+        bounds = cu_seqlens.tolist()
+        if bounds[0] != 0 or bounds[-1] != T:
+            raise ValueError(f"cu_seqlens must start at 0 and end at T={T}, got {bounds[0]} ... {bounds[-1]}")
+        if any(b < a for a, b in itertools.pairwise(bounds)):
+            raise ValueError(f"cu_seqlens must be non-decreasing, got {bounds}")
+    return cu_seqlens.numel() - 1

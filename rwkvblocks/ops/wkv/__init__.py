@@ -31,14 +31,13 @@ recurrence, so the compiler fuses it with its neighbours.
 
 from __future__ import annotations
 
-import itertools
 import os
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from .._checks import check_values
+from .._checks import check_cu_seqlens, check_values, shape_error
 from .._dispatch import Backend, BackendUnavailableError, Dispatcher
 from ._triton_common import INTERPRET_ENV, interpreting, triton_probe, triton_reasons
 from .chunked import DEFAULT_CHUNK_SIZE, chunked_backward, chunked_forward, entering_shape, wkv6_chunked
@@ -243,32 +242,6 @@ wkv_dispatcher = Dispatcher(
 )
 
 
-def _shape_error(name: str, expected: str, x: Tensor) -> ValueError:
-    return ValueError(f"{name} must have shape {expected}, got {tuple(x.shape)}")
-
-
-def _validate_cu_seqlens(cu_seqlens, r: Tensor, validate: bool | None) -> int:
-    """Check packed-sequence boundaries; returns the number of sequences N."""
-    if not isinstance(cu_seqlens, Tensor):
-        raise ValueError(f"cu_seqlens must be a torch.Tensor, got {type(cu_seqlens).__name__}")
-    if cu_seqlens.dtype not in (torch.int32, torch.int64):
-        raise ValueError(f"cu_seqlens must be int32 or int64, got dtype {cu_seqlens.dtype}")
-    if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2:
-        raise ValueError(f"cu_seqlens must be 1-D [N+1] with N >= 1, got shape {tuple(cu_seqlens.shape)}")
-    if cu_seqlens.device != r.device:
-        raise ValueError(f"cu_seqlens must be on {r.device} like r, got {cu_seqlens.device}")
-    B, T = r.shape[:2]
-    if B != 1:
-        raise ValueError(f"with cu_seqlens the sequences are packed along T and B must be 1, got B={B}")
-    if check_values(cu_seqlens, validate):
-        bounds = cu_seqlens.tolist()
-        if bounds[0] != 0 or bounds[-1] != T:
-            raise ValueError(f"cu_seqlens must start at 0 and end at T={T}, got {bounds[0]} ... {bounds[-1]}")
-        if any(b < a for a, b in itertools.pairwise(bounds)):
-            raise ValueError(f"cu_seqlens must be non-decreasing, got {bounds}")
-    return cu_seqlens.numel() - 1
-
-
 def _validate(r, k, v, w, u, state, *, static_w: bool, cu_seqlens, validate: bool | None) -> None:
     named = {"r": r, "k": k, "v": v, "w": w, "u": u}
     if state is not None:
@@ -279,20 +252,20 @@ def _validate(r, k, v, w, u, state, *, static_w: bool, cu_seqlens, validate: boo
         if not x.is_floating_point():
             raise ValueError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
     if r.dim() != 4:
-        raise _shape_error("r", "[B, T, H, K] (4-D)", r)
+        raise shape_error("r", "[B, T, H, K] (4-D)", r)
     B, T, H, K = r.shape
     if k.shape != r.shape:
-        raise _shape_error("k", f"[B, T, H, K] = {tuple(r.shape)} like r", k)
+        raise shape_error("k", f"[B, T, H, K] = {tuple(r.shape)} like r", k)
     if v.dim() != 4 or v.shape[:3] != r.shape[:3]:
-        raise _shape_error("v", f"[B, T, H, V] = [{B}, {T}, {H}, V] matching r", v)
+        raise shape_error("v", f"[B, T, H, V] = [{B}, {T}, {H}, V] matching r", v)
     V = v.shape[-1]
     if static_w:
         if w.shape != (H, K):
-            raise _shape_error("w", f"[H, K] = [{H}, {K}] (static RWKV-5 log-decay)", w)
+            raise shape_error("w", f"[H, K] = [{H}, {K}] (static RWKV-5 log-decay)", w)
     elif w.shape != r.shape:
-        raise _shape_error("w", f"[B, T, H, K] = {tuple(r.shape)} like r (per-token log-decay)", w)
+        raise shape_error("w", f"[B, T, H, K] = {tuple(r.shape)} like r (per-token log-decay)", w)
     if u.shape != (H, K):
-        raise _shape_error("u", f"[H, K] = [{H}, {K}]", u)
+        raise shape_error("u", f"[H, K] = [{H}, {K}]", u)
     if not (r.dtype == k.dtype == v.dtype):
         raise ValueError(f"r, k and v must share a dtype, got {r.dtype}, {k.dtype}, {v.dtype}")
     acc = accumulation_dtype(r.dtype)
@@ -303,11 +276,11 @@ def _validate(r, k, v, w, u, state, *, static_w: bool, cu_seqlens, validate: boo
         listing = ", ".join(f"{n} on {d}" for n, d in devices)
         raise ValueError(f"all inputs must be on one device, got {listing}")
     if cu_seqlens is not None:
-        N = _validate_cu_seqlens(cu_seqlens, r, validate)
+        N = check_cu_seqlens(cu_seqlens, r, validate)
         if state is not None and state.shape != (N, H, K, V):
-            raise _shape_error("state", f"[N, H, K, V] = [{N}, {H}, {K}, {V}] (one per packed sequence)", state)
+            raise shape_error("state", f"[N, H, K, V] = [{N}, {H}, {K}, {V}] (one per packed sequence)", state)
     elif state is not None and state.shape != (B, H, K, V):
-        raise _shape_error("state", f"[B, H, K, V] = [{B}, {H}, {K}, {V}]", state)
+        raise shape_error("state", f"[B, H, K, V] = [{B}, {H}, {K}, {V}]", state)
     if w.numel() and check_values(w, validate):
         w_max = torch.amax(w.detach()).item()  # one reduction, no temporary the size of w
         if w_max > 0:

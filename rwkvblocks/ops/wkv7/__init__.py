@@ -28,14 +28,13 @@ traces the plain recurrence, so the compiler fuses it with its neighbours.
 
 from __future__ import annotations
 
-import itertools
 import os
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from .._checks import check_values
+from .._checks import check_cu_seqlens, check_values, shape_error
 from .._dispatch import Backend, BackendUnavailableError, Dispatcher
 from ..wkv._triton_common import INTERPRET_ENV, interpreting, triton_probe, triton_reasons
 from .chunked import DEFAULT_CHUNK_SIZE, chunked_backward, chunked_forward, entering_shape, wkv7_chunked
@@ -260,32 +259,6 @@ wkv7_dispatcher = Dispatcher(
 )
 
 
-def _shape_error(name: str, expected: str, x: Tensor) -> ValueError:
-    return ValueError(f"{name} must have shape {expected}, got {tuple(x.shape)}")
-
-
-def _validate_cu_seqlens(cu_seqlens, r: Tensor, validate: bool | None) -> int:
-    """Check packed-sequence boundaries; returns the number of sequences N."""
-    if not isinstance(cu_seqlens, Tensor):
-        raise ValueError(f"cu_seqlens must be a torch.Tensor, got {type(cu_seqlens).__name__}")
-    if cu_seqlens.dtype not in (torch.int32, torch.int64):
-        raise ValueError(f"cu_seqlens must be int32 or int64, got dtype {cu_seqlens.dtype}")
-    if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2:
-        raise ValueError(f"cu_seqlens must be 1-D [N+1] with N >= 1, got shape {tuple(cu_seqlens.shape)}")
-    if cu_seqlens.device != r.device:
-        raise ValueError(f"cu_seqlens must be on {r.device} like r, got {cu_seqlens.device}")
-    B, T = r.shape[:2]
-    if B != 1:
-        raise ValueError(f"with cu_seqlens the sequences are packed along T and B must be 1, got B={B}")
-    if check_values(cu_seqlens, validate):
-        bounds = cu_seqlens.tolist()
-        if bounds[0] != 0 or bounds[-1] != T:
-            raise ValueError(f"cu_seqlens must start at 0 and end at T={T}, got {bounds[0]} ... {bounds[-1]}")
-        if any(y < x for x, y in itertools.pairwise(bounds)):
-            raise ValueError(f"cu_seqlens must be non-decreasing, got {bounds}")
-    return cu_seqlens.numel() - 1
-
-
 def _validate(r, w, k, v, a, b, state, *, cu_seqlens, validate: bool | None) -> None:
     named = {"r": r, "w": w, "k": k, "v": v, "a": a, "b": b}
     if state is not None:
@@ -296,13 +269,13 @@ def _validate(r, w, k, v, a, b, state, *, cu_seqlens, validate: bool | None) -> 
         if not x.is_floating_point():
             raise ValueError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
     if r.dim() != 4:
-        raise _shape_error("r", "[B, T, H, K] (4-D)", r)
+        raise shape_error("r", "[B, T, H, K] (4-D)", r)
     B, T, H, K = r.shape
     for name in ("w", "k", "a", "b"):
         if named[name].shape != r.shape:
-            raise _shape_error(name, f"[B, T, H, K] = {tuple(r.shape)} like r", named[name])
+            raise shape_error(name, f"[B, T, H, K] = {tuple(r.shape)} like r", named[name])
     if v.dim() != 4 or v.shape[:3] != r.shape[:3]:
-        raise _shape_error("v", f"[B, T, H, V] = [{B}, {T}, {H}, V] matching r", v)
+        raise shape_error("v", f"[B, T, H, V] = [{B}, {T}, {H}, V] matching r", v)
     V = v.shape[-1]
     if not (r.dtype == k.dtype == v.dtype == a.dtype == b.dtype):
         raise ValueError(
@@ -316,11 +289,11 @@ def _validate(r, w, k, v, a, b, state, *, cu_seqlens, validate: bool | None) -> 
         listing = ", ".join(f"{n} on {d}" for n, d in devices)
         raise ValueError(f"all inputs must be on one device, got {listing}")
     if cu_seqlens is not None:
-        N = _validate_cu_seqlens(cu_seqlens, r, validate)
+        N = check_cu_seqlens(cu_seqlens, r, validate)
         if state is not None and state.shape != (N, H, V, K):
-            raise _shape_error("state", f"[N, H, V, K] = [{N}, {H}, {V}, {K}] (one per packed sequence)", state)
+            raise shape_error("state", f"[N, H, V, K] = [{N}, {H}, {V}, {K}] (one per packed sequence)", state)
     elif state is not None and state.shape != (B, H, V, K):
-        raise _shape_error("state", f"[B, H, V, K] = [{B}, {H}, {V}, {K}] (value index first)", state)
+        raise shape_error("state", f"[B, H, V, K] = [{B}, {H}, {V}, {K}] (value index first)", state)
     if w.numel() and check_values(w, validate):
         w_max = torch.amax(w.detach()).item()  # one reduction, no temporary the size of w
         if not w_max <= 0:  # NaN fails too
