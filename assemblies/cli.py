@@ -258,8 +258,8 @@ def _list(args: argparse.Namespace) -> int:
     if not names:
         print(f"no preset matches {args.pattern!r}", file=sys.stderr)
         return 1
-    extra = f" {'params (B)':>10} {'LM (B)':>8}" if args.params else ""
-    print(f"{'preset':<34} {'lm':<18} {'scan':<6} {'prompt':<12} {'encoder':<14} {'cls':<5} hybrid  loss {extra}")
+    extra = f" {'params (B)':>10} {'LM (B)':>8} {'encoder (B)':>11}" if args.params else ""
+    print(f"{'preset':<34} {'lm':<18} {'scan':<6} {'prompt':<12} {'encoder':<18} {'cls':<5} hybrid  loss {extra}")
     for name in names:
         c, data = get_assembly_config(name)
         lm = f"{c.lm.version} L{c.lm.num_layers} C{c.lm.dim}"
@@ -269,8 +269,10 @@ def _list(args: argparse.Namespace) -> int:
         if args.params:  # built on the meta device: shapes only, no memory
             model = create_assembly(name, device="meta")
             total = sum(p.numel() for p in model.parameters()) / 1e9
-            counts = f" {total:>10.3f} {sum(p.numel() for p in model.lm.parameters()) / 1e9:>8.3f}"
-        encoder = f"{c.encoder.name:<14} {c.encoder.cls:<5}"
+            lm_total = sum(p.numel() for p in model.lm.parameters()) / 1e9
+            encoder_total = sum(p.numel() for p in model.encoder.parameters()) / 1e9
+            counts = f" {total:>10.3f} {lm_total:>8.3f} {encoder_total:>11.3f}"
+        encoder = f"{c.encoder.name:<18} {c.encoder.cls:<5}"
         print(f"{name:<34} {lm:<18} {scan:<6} {data.prompt:<12} {encoder} {hybrid:<7} {data.loss:<6}{counts}")
     return 0
 

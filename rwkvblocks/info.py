@@ -1,6 +1,6 @@
 """``python -m rwkvblocks.info``: versions, devices, and every op x backend with its status.
 
-For each op (WKV, causal attention, weighted cross entropy) it prints the ``torch.library`` ops it is
+For each op (WKV6/5, WKV7, causal attention, weighted cross entropy) it prints the ``torch.library`` ops it is
 registered as, and for each backend whether it is available on this machine and, for a few
 representative inputs, whether it accepts them (or the reasons it does not), plus the backend that
 automatic selection picks.
@@ -46,6 +46,22 @@ def _wkv_samples() -> dict[str, WKVInputs]:
     return samples
 
 
+def _wkv7_samples() -> dict:
+    from .ops.wkv7 import WKV7Inputs
+
+    def inputs(B, T, dtype, device, has_state, grad):
+        return WKV7Inputs(B, T, 32, 64, 64, dtype, device, has_state, grad)
+
+    samples = {}
+    for d in _devices():
+        if d.type == "cpu":
+            samples["cpu fp32 prefill B=1 T=4096 H=32 K=64"] = inputs(1, 4096, torch.float32, d, False, True)
+        else:
+            samples["cuda bf16 train B=8 T=2048 H=32 K=64"] = inputs(8, 2048, torch.bfloat16, d, False, True)
+        samples[f"{d.type} fp32 decode B=8 T=1 H=32 K=64"] = inputs(8, 1, torch.float32, d, True, False)
+    return samples
+
+
 def _attention_samples() -> dict:
     from .ops.attention import AttentionInputs
 
@@ -84,7 +100,8 @@ def _op_report(
 def report() -> str:
     """The text that ``python -m rwkvblocks.info`` prints."""
     from . import __version__
-    from .ops import attention, cross_entropy, wkv
+    from .ops import attention, cross_entropy, wkv, wkv7_dispatcher
+    from .ops.wkv7 import OP_NAMES as WKV7_OPS
 
     lines = [f"rwkvblocks {__version__}  (python {platform.python_version()}, {platform.machine()})"]
     lines.append("packages: " + ", ".join(f"{p} {_version(p)}" for p in _PACKAGES))
@@ -98,6 +115,7 @@ def report() -> str:
     wkv_samples = _wkv_samples()
     lines += _op_report("wkv6", wkv.OP_NAMES, wkv_dispatcher, wkv_samples)
     lines += _op_report("wkv5", wkv.OP_NAMES, wkv_dispatcher, wkv_samples, note=" (its static w as a broadcast view)")
+    lines += _op_report("wkv7", WKV7_OPS, wkv7_dispatcher, _wkv7_samples())
     lines += _op_report("causal_attention", attention.OP_NAMES, attention.attention_dispatcher, _attention_samples())
     ce = cross_entropy
     lines += _op_report("weighted_cross_entropy", ce.OP_NAMES, ce.cross_entropy_dispatcher, _cross_entropy_samples())

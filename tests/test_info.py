@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from rwkvblocks.ops import cross_entropy_dispatcher, wkv_dispatcher
+from rwkvblocks.ops import cross_entropy_dispatcher, wkv7_dispatcher, wkv_dispatcher
 
 
 @pytest.fixture(scope="module")
@@ -37,3 +37,12 @@ def test_info_lists_the_cross_entropy_op_and_the_registered_op_names(out):
     assert "auto -> chunked    for cpu bf16 logits" in out
     for name in ("wkv6", "wkv6_backward", "causal_attention", "causal_attention_backward", "weighted_cross_entropy"):
         assert f"torch.ops.rwkvblocks.{name}" in out
+
+
+def test_info_lists_the_wkv7_op_and_its_backends(out):
+    assert "op wkv7  (environment variable RWKVBLOCKS_WKV7_BACKEND)" in out
+    assert "torch.ops.rwkvblocks.wkv7, torch.ops.rwkvblocks.wkv7_backward" in out
+    section = out.split("op wkv7 ")[1].split("\nop ")[0]
+    for b in wkv7_dispatcher.backends:
+        assert f"  {b.name} " in section
+    assert "auto -> chunked    for cpu fp32 prefill" in section

@@ -121,6 +121,10 @@ def _check(checks: Mapping[str, tuple[bool, str]], owner: Any) -> None:
             raise ValueError(f"{name} must be {expected}, got {getattr(owner, name)!r}")
 
 
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
 def _replace_fields(instance: Any, changes: Mapping[str, Any]) -> Any:
     unknown = set(changes) - {f.name for f in dataclasses.fields(instance)}
     if unknown:
@@ -133,23 +137,29 @@ class EncoderConfig:
     """Which image encoder, which layer, and how its tokens are laid out.
 
     Attributes:
-        kind: ``"open_clip"`` or ``"timm"``.
-        name: open_clip model name (``"ViT-L-14-336"``) or timm model name.
-        layer: Transformer block (or stage) whose output is used; -1 = last (upstream).
+        kind: ``"open_clip"``, ``"timm"`` or ``"concat"`` (several towers side by side, ``ConcatEncoder``).
+        name: open_clip model name (``"ViT-L-14-336"``), timm model name, or a label for a ``"concat"``
+            encoder.
+        layer: Transformer block (or stage) whose output is used; -1 = last (upstream v6), -2 = second to
+            last (VisualRWKV-7's DINOv2 and SigLIP).
         cls: Where the class (prefix) tokens go: ``"first"`` (Base, Hybrid), ``"last"`` (VisualRWKV)
             or ``"none"``.
         pool: Side ``g`` of the average-pooled patch grid (24, 12, 8, 6, 4, 3, 2), ``None`` = full grid.
+        adaptive_pool: Pool with ``AdaptiveAvgPool2d`` (VisualRWKV-7) rather than an exact tiling.
         keep_patches: ``False`` keeps only the class token (1 token per image).
         options: Extra keyword arguments of the encoder (a ``FrozenOptions``; pass a dict):
             ``vision_overrides`` / ``pretrained_tag`` / ``quick_gelu`` for open_clip, ``timm.create_model``
-            arguments (``img_size``, ``depth``...) for timm.
+            arguments (``img_size``, ``depth``...) and ``TimmEncoder`` ones (``norm``, ``space_to_depth``,
+            ``resize``) for timm; for ``"concat"``, ``towers``: `(name, encoder config dict)` pairs in
+            concatenation order.
     """
 
-    kind: Literal["open_clip", "timm"] = "open_clip"
+    kind: Literal["open_clip", "timm", "concat"] = "open_clip"
     name: str = "ViT-L-14-336"
     layer: int = -1
     cls: Literal["first", "last", "none"] = "last"
     pool: int | None = None
+    adaptive_pool: bool = False
     keep_patches: bool = True
     options: FrozenOptions = field(default_factory=FrozenOptions)
 
@@ -160,14 +170,42 @@ class EncoderConfig:
             object.__setattr__(self, "options", FrozenOptions(self.options))
         _check(
             {
-                "kind": (self.kind in ("open_clip", "timm"), "'open_clip' or 'timm'"),
+                "kind": (self.kind in ("open_clip", "timm", "concat"), "'open_clip', 'timm' or 'concat'"),
                 "cls": (self.cls in ("first", "last", "none"), "'first', 'last' or 'none'"),
             },
             self,
         )
+        if self.kind == "concat":
+            self.towers()  # fail now on a malformed tower list
 
     def layout(self) -> TokenLayout:
-        return TokenLayout(prefix=self.cls, pool=self.pool, keep_patches=self.keep_patches)
+        return TokenLayout(prefix=self.cls, pool=self.pool, keep_patches=self.keep_patches, adaptive=self.adaptive_pool)
+
+    def towers(self) -> list[tuple[str, EncoderConfig]]:
+        """The `(name, EncoderConfig)` of every tower of a ``"concat"`` encoder, in concatenation order.
+
+        Raises:
+            ValueError: not a ``"concat"`` encoder, or ``options["towers"]`` is not a non-empty list of
+                `(unique name, encoder config)` pairs.
+        """
+        if self.kind != "concat":
+            raise ValueError(f"only a 'concat' encoder has towers, this one is {self.kind!r}")
+        raw = self.options.get("towers")
+        if not isinstance(raw, tuple) or not raw:
+            raise ValueError("a 'concat' encoder needs options['towers']: a list of (name, encoder config) pairs")
+        out = []
+        for item in raw:
+            if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str)):
+                raise ValueError(f"each tower must be a (name, encoder config) pair, got {_thaw(item)!r}")
+            name, cfg = item
+            cfg = cfg if isinstance(cfg, EncoderConfig) else _from_fields(EncoderConfig, cfg)
+            if cfg.kind == "concat":
+                raise ValueError(f"tower {name!r} is itself a 'concat' encoder; nest towers in one list instead")
+            out.append((name, cfg))
+        names = [n for n, _ in out]
+        if len(set(names)) != len(names):
+            raise ValueError(f"tower names must be unique, got {names}")
+        return out
 
     def kwargs(self) -> dict[str, Any]:
         """``options`` as plain keyword arguments for the encoder class."""
@@ -193,21 +231,29 @@ class VisualRWKVConfig:
         lm: The RWKV language model (``version`` x052 = RWKV-5 static recurrence, x060 = RWKV-6
             data-dependent recurrence, x070 = RWKV-7 generalised delta rule).
         encoder: The image encoder and its token layout.
-        projector: ``"linear"`` (upstream: one bias-free ``Linear``) or ``"mlp"``.
+        projector: ``"linear"`` (upstream v5/v6: one bias-free ``Linear``), ``"mlp"`` (LLaVA-style) or
+            ``"gated"`` (upstream v7: ``GatedProjector``, a context gate, a map and a LayerNorm).
         projector_depth: Linear layers of the MLP projector.
         scan: ``"uni"``, ``"bi"``, ``"multi"`` or a tuple of directions (see ``ScanPermuter``).
         hybrid_layers: Blocks followed by a ``PreNormTinyAttention`` layer (VisualRWKV-Hybrid: the last).
         hybrid_dim: Width of the tiny attention (``None`` = ``lm.dim``); head size ``hybrid_head_dim``.
+        pad_multiple: Left-pad every whole sequence run from an empty state to a multiple of this many
+            positions with the embedding of ``pad_token`` and drop those positions' logits: 16 reproduces
+            upstream VisualRWKV-7 exactly (its kernel needs T % 16 == 0, and the logits of its checkpoints
+            depend on the padding); 1 (the default) pads nothing.
+        pad_token: The token whose embedding pads (upstream: 261, ``"\n\n"``).
     """
 
     lm: RWKVConfig = field(default_factory=RWKVConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
-    projector: Literal["linear", "mlp"] = "linear"
+    projector: Literal["linear", "mlp", "gated"] = "linear"
     projector_depth: int = 2
     scan: str | tuple[str, ...] = "bi"
     hybrid_layers: tuple[int, ...] = ()
     hybrid_dim: int | None = None
     hybrid_head_dim: int = 64
+    pad_multiple: int = 1
+    pad_token: int = 261
 
     def __post_init__(self) -> None:
         if isinstance(self.lm, Mapping):
@@ -220,7 +266,7 @@ class VisualRWKVConfig:
         custom_scan_ok = not isinstance(self.scan, str) and bool(self.scan) and set(self.scan) <= set(DIRECTIONS)
         _check(
             {
-                "projector": (self.projector in ("linear", "mlp"), "'linear' or 'mlp'"),
+                "projector": (self.projector in ("linear", "mlp", "gated"), "'linear', 'mlp' or 'gated'"),
                 "scan": (
                     self.scan in SCHEDULES if isinstance(self.scan, str) else custom_scan_ok,
                     f"one of {sorted(SCHEDULES)} or a tuple of {DIRECTIONS}",
@@ -228,6 +274,14 @@ class VisualRWKVConfig:
                 "hybrid_layers": (
                     all(0 <= i < self.lm.num_layers for i in self.hybrid_layers),
                     f"block indices in [0, {self.lm.num_layers})",
+                ),
+                "pad_multiple": (_positive_int(self.pad_multiple), "a positive int (1 = no padding)"),
+                "pad_token": (
+                    self.pad_multiple == 1
+                    or (_positive_int(self.pad_token + 1) and self.pad_token < self.lm.vocab_size)
+                    if isinstance(self.pad_token, int)
+                    else False,
+                    f"a token id in [0, {self.lm.vocab_size}) when pad_multiple > 1",
                 ),
             },
             self,
@@ -254,6 +308,8 @@ class VisualRWKVConfig:
             "hybrid_layers": list(self.hybrid_layers),
             "hybrid_dim": self.hybrid_dim,
             "hybrid_head_dim": self.hybrid_head_dim,
+            "pad_multiple": self.pad_multiple,
+            "pad_token": self.pad_token,
         }
 
     @classmethod

@@ -71,6 +71,8 @@ def _prefill(model: VisualRWKV, ids: list[int], pixels: Tensor | None, starts: l
         return model.prefill(tokens)
     spans = torch.tensor([[0, s, 0, n] for s in starts])
     cut = starts[-1] + n  # the state after the last image is what a later prompt can share
+    if model.config.pad_multiple > 1:
+        cut = len(ids)  # upstream pads the whole prompt: a split would pad another length
     key = (id(model), _digest(pixels))
     hit = cache.get(*key, ids[:cut]) if cache is not None else None
     if hit is None:

@@ -6,9 +6,15 @@ paper's VisualRWKV on RWKV-6 1.6B with CLIP ViT-L/14 at 336 px. Families (DESIGN
 - ``visualrwkv_*``: RWKV-6 (x060), bidirectional scan, sandwich prompt, 576 patches then CLS, sample-level CE.
 - ``visualrwkv_base_*``: RWKV-5 (x052), unidirectional scan, image-first prompt, CLS first, batch-level CE.
 - ``visualrwkv_hybrid_*``: as Base, plus one TinyAttention layer after the FFN of the last block.
+- ``visualrwkv7_*``: upstream VisualRWKV-7 (v7.00, DESIGN.md §16): RWKV-7 (x070) World 0.1B / 0.4B / 1.5B,
+  DINOv2-L/14 reg4 + SigLIP so400m/14 at 448 px and SAM ViT-B/16 at 1024 px concatenated to 3200 channels
+  (1024 tokens per image), the gated projector, unidirectional scan, image-first prompt, sample-level CE with
+  L2Wrap. Upstream's left padding to a multiple of 16 is off here (``pad_multiple=16`` turns it on;
+  ``VisualRWKV.from_upstream`` turns it on for v7 files).
 
 ``*_tiny`` presets have the same structure at toy size (a 2-layer RWKV of width 64 over the 257-id byte
-vocabulary, a 2-layer CLIP-style tower on 56 px images): for tests and ``make demo``.
+vocabulary, a 2-layer CLIP-style tower on 56 px images; for ``visualrwkv7_tiny`` three toy towers giving
+4 x 4 grids): for tests and ``make demo``.
 """
 
 from __future__ import annotations
@@ -22,10 +28,11 @@ import torch
 
 from .config import DataConfig, EncoderConfig, VisualRWKVConfig, split_overrides
 from .formats.blinkdl import read_blinkdl
+from .formats.upstream7 import v7_encoder, v7_tower_configs
 from .rwkv_lm import RWKVConfig
 from .visualrwkv import VisualRWKV, build_visualrwkv
 
-__all__ = ["Preset", "create_assembly", "get_assembly_config", "list_assemblies", "register_assembly"]
+__all__ = ["Preset", "create_assembly", "get_assembly_config", "list_assemblies", "register_assembly", "v7_encoder"]
 
 
 class Preset(NamedTuple):
@@ -209,3 +216,54 @@ def visualrwkv_base_tiny() -> Preset:
 def visualrwkv_hybrid_tiny() -> Preset:
     """Toy VisualRWKV-Hybrid (toy Base plus TinyAttention after the last block)."""
     return _hybrid(_tiny_lm("x052"), _tiny_clip("first"), "byte").replace(context_length=256, hybrid_head_dim=32)
+
+
+# -- VisualRWKV-7 (upstream v7.00) ------------------------------------------------------------------------
+
+
+def _v7_tiny_encoder() -> EncoderConfig:
+    return v7_tower_configs(
+        {"img_size": 56, "embed_dim": 64, "depth": 3, "num_heads": 1},
+        {"img_size": 56, "embed_dim": 64, "depth": 3, "num_heads": 1},
+        {
+            "img_size": 128,
+            "embed_dim": 64,
+            "depth": 2,
+            "num_heads": 1,
+            "global_attn_indexes": [1],
+            "window_size": 3,
+            "neck_chans": 16,
+        },
+    )
+
+
+def _visualrwkv7(lm: RWKVConfig, encoder: EncoderConfig, tokenizer: str = "world") -> Preset:
+    return Preset(
+        VisualRWKVConfig(lm=lm, encoder=encoder, projector="gated", scan="uni"),
+        DataConfig(prompt="image_first", tokenizer=tokenizer, loss="sample", l2wrap=True),
+    )
+
+
+@register_assembly
+def visualrwkv7_0b1_dinosiglipsam() -> Preset:
+    """VisualRWKV-7 v0700 0B1: RWKV-7 World 0.1B (12 x 768) with DINOv2 + SigLIP + SAM (upstream v7.00)."""
+    return _visualrwkv7(RWKVConfig.released("x070", "0b1"), v7_encoder())
+
+
+@register_assembly
+def visualrwkv7_0b4_dinosiglipsam() -> Preset:
+    """VisualRWKV-7 v0700 0B4: RWKV-7 World 0.4B (24 x 1024) with DINOv2 + SigLIP + SAM."""
+    return _visualrwkv7(RWKVConfig.released("x070", "0b4"), v7_encoder())
+
+
+@register_assembly
+def visualrwkv7_1b5_dinosiglipsam() -> Preset:
+    """VisualRWKV-7 v0700 1B5: RWKV-7 World 1.5B (24 x 2048) with DINOv2 + SigLIP + SAM."""
+    return _visualrwkv7(RWKVConfig.released("x070", "1b5"), v7_encoder())
+
+
+@register_assembly
+def visualrwkv7_tiny() -> Preset:
+    """Toy VisualRWKV-7: a 2-layer x070 RWKV (width 64) and three toy towers (4 x 4 grid, 192 channels)."""
+    lm = RWKVConfig("x070", 257, 64, 2, 32, decay_rank=16, a_rank=16, value_rank=8, gate_rank=16)
+    return _visualrwkv7(lm, _v7_tiny_encoder(), "byte").replace(context_length=256)

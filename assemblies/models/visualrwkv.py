@@ -28,7 +28,15 @@ from rwkvblocks import (
     ScanPlan,
 )
 from rwkvblocks.generation import SamplingConfig, decode
-from rwkvblocks.vision import ImageEncoder, LinearProjector, MLPProjector, OpenCLIPEncoder, TimmEncoder
+from rwkvblocks.vision import (
+    ConcatEncoder,
+    GatedProjector,
+    ImageEncoder,
+    LinearProjector,
+    MLPProjector,
+    OpenCLIPEncoder,
+    TimmEncoder,
+)
 
 from .config import DataConfig, EncoderConfig, VisualRWKVConfig
 from .formats._common import raise_key_problems
@@ -105,28 +113,46 @@ class VisualRWKV(nn.Module):
         return self.proj(feats.to(_dtype(self.proj))).to(self.lm.emb.weight.dtype)
 
     def embed(
-        self, input_ids: Tensor, images: Tensor | None = None, image_spans: Tensor | None = None
+        self,
+        input_ids: Tensor,
+        images: Tensor | None = None,
+        image_spans: Tensor | None = None,
+        *,
+        pad: int = 0,
     ) -> tuple[Tensor, ScanPlan | None]:
         """Token embeddings with the image features in place, and the scan plan of the batch.
 
-        The gather indices are computed from ``image_spans`` on the CPU and copied to the device once;
-        nothing here reads a device tensor back to the host.
+        ``pad`` positions holding the embedding of ``config.pad_token`` are put before the sequence (see
+        ``VisualRWKVConfig.pad_multiple``); the scan plan accounts for them. The gather indices are
+        computed from ``image_spans`` on the CPU and copied to the device once; nothing here reads a
+        device tensor back to the host.
         """
         embeds = self.lm.embed(input_ids)
         B, T = input_ids.shape
         spans = _check_spans(image_spans, images, B, T, self.image_tokens)
+        if spans is not None:
+            feats = self.encode_images(images)  # [N, n, C]
+            sample, start, first, length = spans.unbind(1)
+            span_of = torch.repeat_interleave(torch.arange(len(spans)), length)
+            offset = torch.cumsum(length, 0) - length
+            j = torch.arange(int(length.sum())) - offset[span_of]
+            device = embeds.device
+            rows, cols = sample[span_of].to(device), (start[span_of] + j).to(device)
+            picked = feats[span_of.to(device), (first[span_of] + j).to(device)]
+            embeds = embeds.index_put((rows, cols), picked)
+        if pad:
+            filler = self.lm.embed(torch.full((B, pad), self.config.pad_token, device=input_ids.device))
+            embeds = torch.cat([filler, embeds], dim=1)
         if spans is None:
             return embeds, None
-        feats = self.encode_images(images)  # [N, n, C]
-        sample, start, first, length = spans.unbind(1)
-        span_of = torch.repeat_interleave(torch.arange(len(spans)), length)
-        offset = torch.cumsum(length, 0) - length
-        j = torch.arange(int(length.sum())) - offset[span_of]
-        device = embeds.device
-        rows, cols = sample[span_of].to(device), (start[span_of] + j).to(device)
-        picked = feats[span_of.to(device), (first[span_of] + j).to(device)]
-        embeds = embeds.index_put((rows, cols), picked)
-        return embeds, self._scan_plan(spans, B, T, device)
+        spans = spans.clone()
+        spans[:, 1] += pad
+        return embeds, self._scan_plan(spans, B, T + pad, embeds.device)
+
+    def _padding(self, seq_len: int, state: RWKVState | None) -> int:
+        """Positions of upstream's left padding for a sequence of ``seq_len`` run from ``state``."""
+        m = self.config.pad_multiple
+        return (-seq_len) % m if m > 1 and state is None else 0
 
     def _scan_plan(self, spans: Tensor, batch_size: int, seq_len: int, device: torch.device) -> ScanPlan | None:
         """Scan rows ``(sample, patch start, h, w)`` for every image that is whole in the sequence."""
@@ -153,8 +179,10 @@ class VisualRWKV(nn.Module):
         image_spans: Tensor | None = None,
         state: RWKVState | None = None,
     ) -> VisualRWKVOutput:
-        embeds, plan = self.embed(input_ids, images, image_spans)
+        pad = self._padding(input_ids.shape[1], state)
+        embeds, plan = self.embed(input_ids, images, image_spans, pad=pad)
         logits, state = self.lm(embeds=embeds, state=state, scan=plan)
+        logits = logits[:, pad:] if pad else logits
         loss = self.loss_fn(logits, labels) if labels is not None else None
         return VisualRWKVOutput(logits, loss, state)
 
@@ -170,8 +198,13 @@ class VisualRWKV(nn.Module):
         image_spans: Tensor | None = None,
         state: RWKVState | None = None,
     ) -> tuple[Tensor, RWKVState]:
-        """Run a prompt (scan schedule honoured) and return the last position's logits `[B, V]` and the state."""
-        embeds, plan = self.embed(input_ids, images, image_spans)
+        """Run a prompt (scan schedule honoured) and return the last position's logits `[B, V]` and the state.
+
+        From an empty state the prompt is left-padded as ``config.pad_multiple`` says (upstream VisualRWKV-7's
+        ``pad_multiple=16``); the state then includes the padding, as upstream's does.
+        """
+        pad = self._padding(input_ids.shape[1], state)
+        embeds, plan = self.embed(input_ids, images, image_spans, pad=pad)
         logits, state = self.lm(embeds=embeds, state=state, scan=plan, logits_to_keep=1)
         return logits[:, -1], state
 
@@ -362,7 +395,19 @@ def build_encoder(
     dtype: torch.dtype | None = None,
     **options: Any,
 ) -> ImageEncoder:
-    """The image encoder ``config`` describes (random weights unless ``options`` name a ``checkpoint_path``)."""
+    """The image encoder ``config`` describes (random weights unless ``options`` name a ``checkpoint_path``).
+
+    A ``"concat"`` encoder builds each tower from its own configuration (a tower's weights come from its
+    own ``options``); ``options`` here must then be empty.
+    """
+    if config.kind == "concat":
+        if options:
+            raise ValueError(
+                f"a 'concat' encoder takes no {sorted(options)}: give each tower its own options "
+                "(encoder={'options': {'towers': [...]}}) or load the towers from a checkpoint"
+            )
+        towers = {name: build_encoder(cfg, device=device, dtype=dtype) for name, cfg in config.towers()}
+        return ConcatEncoder(towers, layout=config.layout())
     cls = OpenCLIPEncoder if config.kind == "open_clip" else TimmEncoder
     return cls(
         config.name,
@@ -392,6 +437,8 @@ def build_visualrwkv(
     C = config.lm.dim
     if config.projector == "linear":
         proj: nn.Module = LinearProjector(encoder.dim, C, **kw)
+    elif config.projector == "gated":
+        proj = GatedProjector(encoder.dim, C, **kw)
     else:
         proj = MLPProjector(encoder.dim, C, depth=config.projector_depth, **kw)
     lm = build_rwkv_lm(config.lm, **kw)

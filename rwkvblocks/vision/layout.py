@@ -17,17 +17,21 @@ def _pair(value: int | tuple[int, int]) -> tuple[int, int]:
     return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
 
 
-def pool_patches(patches: Tensor, grid: tuple[int, int], size: int | tuple[int, int]) -> Tensor:
+def pool_patches(
+    patches: Tensor, grid: tuple[int, int], size: int | tuple[int, int], *, adaptive: bool = False
+) -> Tensor:
     """Average-pool a raster-ordered patch grid to ``size`` with kernel = stride = grid / size.
 
     Upstream VisualRWKV pools CLIP's 24 x 24 grid this way (g = 12, 8, 6, 4, 3, 2, 1). The kernel must
     tile the grid exactly: a size that does not divide the grid raises rather than silently dropping
-    rows or columns.
+    rows or columns. ``adaptive=True`` is ``torch.nn.AdaptiveAvgPool2d(size)`` instead (upstream
+    VisualRWKV-7): any size up to the grid, overlapping windows where it does not divide.
 
     Args:
         patches: Patch tokens in raster (row-major) order.
         grid: `(h, w)` of the patch grid.
         size: Output grid `(g_h, g_w)`, or one int for a square grid.
+        adaptive: Adaptive average pooling rather than an exact tiling.
 
     Shapes:
         patches: `[B, h*w, D]` -> `[B, g_h*g_w, D]`, raster order, same dtype.
@@ -35,13 +39,23 @@ def pool_patches(patches: Tensor, grid: tuple[int, int], size: int | tuple[int, 
     (h, w), (gh, gw) = grid, _pair(size)
     if patches.dim() != 3 or patches.shape[1] != h * w:
         raise ValueError(f"expected patches [B, {h * w}, D] for a {h}x{w} grid, got {list(patches.shape)}")
-    if gh < 1 or gw < 1 or h % gh or w % gw:
-        raise ValueError(f"pooled grid {gh}x{gw} must evenly divide the patch grid {h}x{w}")
+    _check_pool(grid, (gh, gw), adaptive)
     if (gh, gw) == (h, w):
         return patches
     x = patches.transpose(1, 2).reshape(patches.shape[0], patches.shape[2], h, w)
+    if adaptive:
+        return F.adaptive_avg_pool2d(x, (gh, gw)).flatten(2).transpose(1, 2)
     kernel = (h // gh, w // gw)
     return F.avg_pool2d(x, kernel_size=kernel, stride=kernel).flatten(2).transpose(1, 2)
+
+
+def _check_pool(grid: tuple[int, int], pool: tuple[int, int], adaptive: bool) -> None:
+    (h, w), (gh, gw) = grid, pool
+    if adaptive:
+        if not (1 <= gh <= h and 1 <= gw <= w):
+            raise ValueError(f"adaptive pooled grid {gh}x{gw} must lie within the patch grid {h}x{w}")
+    elif gh < 1 or gw < 1 or h % gh or w % gw:
+        raise ValueError(f"pooled grid {gh}x{gw} must evenly divide the patch grid {h}x{w}")
 
 
 class TokenLayout(nn.Module):
@@ -56,6 +70,7 @@ class TokenLayout(nn.Module):
         prefix: ``"first"``, ``"last"`` (after the patches) or ``"none"`` (dropped).
         pool: Side of the pooled patch grid (an int or `(g_h, g_w)`); ``None`` keeps the full grid.
         keep_patches: Whether patch tokens are emitted at all.
+        adaptive: Pool with ``AdaptiveAvgPool2d`` (any ``pool`` up to the grid) instead of an exact tiling.
 
     Shapes:
         prefix tokens: `[B, P, D]`; patches: `[B, h*w, D]` in raster order;
@@ -68,6 +83,7 @@ class TokenLayout(nn.Module):
         prefix: PrefixPosition = "first",
         pool: int | tuple[int, int] | None = None,
         keep_patches: bool = True,
+        adaptive: bool = False,
     ) -> None:
         super().__init__()
         if prefix not in ("first", "last", "none"):
@@ -82,6 +98,7 @@ class TokenLayout(nn.Module):
         self.prefix = prefix
         self.pool = None if pool is None else _pair(pool)
         self.keep_patches = keep_patches
+        self.adaptive = adaptive
 
     def output_grid(self, grid: tuple[int, int]) -> tuple[int, int]:
         """The patch grid after pooling, `(0, 0)` when patches are dropped; checks divisibility."""
@@ -89,9 +106,7 @@ class TokenLayout(nn.Module):
             return (0, 0)
         if self.pool is None:
             return grid
-        (h, w), (gh, gw) = grid, self.pool
-        if h % gh or w % gw:
-            raise ValueError(f"pooled grid {gh}x{gw} must evenly divide the patch grid {h}x{w}")
+        _check_pool(grid, self.pool, self.adaptive)
         return self.pool
 
     def spans(self, num_prefix: int, grid: tuple[int, int]) -> tuple[slice, slice]:
@@ -120,7 +135,8 @@ class TokenLayout(nn.Module):
         self.spans(prefix.shape[1], grid)
         parts = []
         if self.keep_patches:
-            parts.append(patches if self.pool is None else pool_patches(patches, grid, self.pool))
+            pooled = patches if self.pool is None else pool_patches(patches, grid, self.pool, adaptive=self.adaptive)
+            parts.append(pooled)
         if self.prefix == "first":
             parts.insert(0, prefix)
         elif self.prefix == "last":
@@ -128,4 +144,5 @@ class TokenLayout(nn.Module):
         return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
 
     def extra_repr(self) -> str:
-        return f"prefix={self.prefix!r}, pool={self.pool}, keep_patches={self.keep_patches}"
+        adaptive = ", adaptive=True" if self.adaptive else ""
+        return f"prefix={self.prefix!r}, pool={self.pool}, keep_patches={self.keep_patches}{adaptive}"

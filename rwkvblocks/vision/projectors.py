@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["LinearProjector", "MLPProjector"]
+__all__ = ["GatedProjector", "LinearProjector", "MLPProjector"]
 
 
 class LinearProjector(nn.Linear):
@@ -84,3 +84,41 @@ class MLPProjector(nn.Sequential):
                 layers.append(activation())
             layers.append(nn.Linear(widths[i], widths[i + 1], bias=bias, device=device, dtype=dtype))
         super().__init__(*layers)
+
+
+class GatedProjector(nn.Module):
+    """Upstream VisualRWKV-7's projector: ``ln_v(o_proj(x * sigmoid(gate(x))))``.
+
+    A context gate of the image features' own width, a bias-free map to the language model's width, and a
+    LayerNorm; the submodule names (``gate``, ``o_proj``, ``ln_v``) are those of upstream's ``proj.*`` keys.
+
+    Args:
+        vision_dim: Width of the image tokens (3200 for DINOv2 + SigLIP + SAM).
+        dim: Width C of the language model.
+        eps: LayerNorm epsilon (PyTorch's default, as upstream).
+        device: Parameter device.
+        dtype: Parameter dtype.
+
+    Shapes:
+        `[..., vision_dim]` -> `[..., dim]`.
+    """
+
+    def __init__(
+        self,
+        vision_dim: int,
+        dim: int,
+        *,
+        eps: float = 1e-5,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        if vision_dim < 1 or dim < 1:
+            raise ValueError(f"vision_dim and dim must be positive, got {vision_dim} and {dim}")
+        kw = {"device": device, "dtype": dtype}
+        self.gate = nn.Linear(vision_dim, vision_dim, bias=False, **kw)
+        self.o_proj = nn.Linear(vision_dim, dim, bias=False, **kw)
+        self.ln_v = nn.LayerNorm(dim, eps=eps, **kw)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ln_v(self.o_proj(x * torch.sigmoid(self.gate(x))))

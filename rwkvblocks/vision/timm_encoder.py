@@ -12,7 +12,7 @@ from torch import Tensor
 
 from .encoder import ImageEncoder
 from .layout import TokenLayout
-from .transforms import ImageTransform
+from .transforms import ImageTransform, squash_transform
 
 __all__ = ["TimmEncoder"]
 
@@ -40,8 +40,17 @@ class TimmEncoder(ImageEncoder):
         checkpoint_path: Local ``.safetensors``, ``.pth`` or ``.bin`` weights.
         layer: Index into the model's feature levels (transformer blocks for ViTs, stages for
             convolutional nets); negative counts from the end, -1 is the last.
-        norm: Apply the model's final normalisation to the chosen layer (timm's ``norm=True``); the
-            default takes the layer's raw output, as upstream does for CLIP.
+        norm: Apply the model's final normalisation to the chosen layer (timm's ``norm=True``; for SAM's
+            ViT, ``samvit_*``, this is its convolutional neck); the default takes the layer's raw output, as
+            upstream does for CLIP and for VisualRWKV-7's DINOv2 and SigLIP towers.
+        space_to_depth: Fold each ``s`` x ``s`` block of the feature map into the channels (channel
+            ``c * s * s + dy * s + dx``, ``torch.nn.functional.pixel_unshuffle``): VisualRWKV-7 turns SAM's
+            64 x 64 x 256 neck output into 32 x 32 x 1024 this way. 1 leaves the map as it is.
+        layer_norm_eps: Set the epsilon of every LayerNorm of the model (``None`` keeps timm's): SAM's own
+            image encoder uses 1e-6 where timm's ``samvit_*`` port uses PyTorch's 1e-5 in its blocks.
+        resize: ``"timm"``: timm's evaluation transform (resize the short side, centre crop); ``"squash"``:
+            resize the whole image to ``image_size`` with the data config's interpolation, mean and std
+            (``squash_transform``; upstream VisualRWKV-7).
         layout: Prefix placement and pooling; defaults to prefix first, full grid.
         image_size: `(H, W)` (or one int) of the input; defaults to a ViT's ``patch_embed.img_size``, else
             the data config's input size.
@@ -63,6 +72,9 @@ class TimmEncoder(ImageEncoder):
         checkpoint_path: str | os.PathLike | None = None,
         layer: int = -1,
         norm: bool = False,
+        space_to_depth: int = 1,
+        resize: str = "timm",
+        layer_norm_eps: float | None = None,
         layout: TokenLayout | None = None,
         image_size: int | tuple[int, int] | None = None,
         transform: ImageTransform | None = None,
@@ -79,6 +91,10 @@ class TimmEncoder(ImageEncoder):
             raise ValueError(f"model name {name!r} would download its configuration; use a built-in timm name")
         if not timm.is_model(name):
             raise ValueError(f"unknown timm model {name!r} (see timm.list_models())")
+        if not isinstance(space_to_depth, int) or isinstance(space_to_depth, bool) or space_to_depth < 1:
+            raise ValueError(f"space_to_depth must be a positive int, got {space_to_depth!r}")
+        if resize not in ("timm", "squash"):
+            raise ValueError(f"resize must be 'timm' or 'squash', got {resize!r}")
         if pretrained and checkpoint_path is None:
             raise ValueError("pretrained=True needs checkpoint_path: weights are only read from local files")
         path = None if checkpoint_path is None else Path(checkpoint_path)
@@ -96,6 +112,12 @@ class TimmEncoder(ImageEncoder):
                 model = timm.create_model(name, pretrained=False, num_classes=0, **model_kwargs)
         if path is not None and not pretrained:
             timm.models.load_checkpoint(model, str(path), strict=True)
+        if layer_norm_eps is not None:
+            if not layer_norm_eps > 0:
+                raise ValueError(f"layer_norm_eps must be positive, got {layer_norm_eps!r}")
+            for module in model.modules():
+                if isinstance(module, torch.nn.LayerNorm):
+                    module.eps = float(layer_norm_eps)
         if dtype is not None:
             model.to(dtype=dtype)
         if not hasattr(model, "forward_intermediates") or not hasattr(model, "feature_info"):
@@ -103,12 +125,18 @@ class TimmEncoder(ImageEncoder):
         self.model = model
         self.name = name
         self.norm = norm
+        self.space_to_depth = space_to_depth
 
         num_layers = len(model.feature_info)
         if not -num_layers <= layer < num_layers:
             raise ValueError(f"layer={layer} is out of range for {name!r} with {num_layers} feature levels")
         self.layer = layer % num_layers
         self.num_prefix_tokens = int(getattr(model, "num_prefix_tokens", 0))
+        if space_to_depth > 1 and self.num_prefix_tokens and self.layout.prefix != "none":
+            raise ValueError(
+                f"space_to_depth={space_to_depth} widens the patch tokens beyond the {self.num_prefix_tokens} prefix "
+                "tokens of the same model: drop them (layout prefix='none')"
+            )
 
         if image_size is None:
             patch_embed_size = getattr(getattr(model, "patch_embed", None), "img_size", None)
@@ -119,6 +147,11 @@ class TimmEncoder(ImageEncoder):
         args = {} if image_size is None else {"input_size": (3, *image_size)}
         self.data_config = resolve_data_config(args, model=model)
         self.image_size = tuple(self.data_config["input_size"][1:])
+        if transform is None and resize == "squash":
+            cfg = self.data_config
+            transform = squash_transform(
+                self.image_size, mean=cfg["mean"], std=cfg["std"], interpolation=cfg["interpolation"] or "bicubic"
+            )
         self.transform = transform or ImageTransform(create_transform(**self.data_config), image_size=self.image_size)
 
         # One dry run at the input size gives the token width and the grid for any architecture.
@@ -145,7 +178,15 @@ class TimmEncoder(ImageEncoder):
             feature_map, prefix = out
         else:
             feature_map = out
-            prefix = out.new_zeros(out.shape[0], 0, out.shape[1])
+        if self.space_to_depth > 1:
+            s = self.space_to_depth
+            if feature_map.shape[2] % s or feature_map.shape[3] % s:
+                raise ValueError(
+                    f"space_to_depth={s} does not tile the {feature_map.shape[2]}x{feature_map.shape[3]} feature map"
+                )
+            feature_map = torch.nn.functional.pixel_unshuffle(feature_map, s)
+        if not self.num_prefix_tokens:
+            prefix = feature_map.new_zeros(feature_map.shape[0], 0, feature_map.shape[1])
         return prefix, feature_map
 
     def features(self, images: Tensor) -> tuple[Tensor, Tensor]:
@@ -153,4 +194,5 @@ class TimmEncoder(ImageEncoder):
         return prefix, feature_map.flatten(2).transpose(1, 2)
 
     def extra_repr(self) -> str:
-        return f"name={self.name!r}, layer={self.layer}, grid={self.grid}, dim={self.dim}, frozen={self.frozen}"
+        s2d = f", space_to_depth={self.space_to_depth}" if self.space_to_depth > 1 else ""
+        return f"name={self.name!r}, layer={self.layer}, grid={self.grid}, dim={self.dim}{s2d}, frozen={self.frozen}"

@@ -19,10 +19,23 @@ from torch import Tensor
 if TYPE_CHECKING:
     from PIL import Image
 
-__all__ = ["CLIP_MEAN", "CLIP_STD", "ImageInput", "ImageTransform", "clip_transform", "load_image"]
+__all__ = [
+    "CLIP_MEAN",
+    "CLIP_STD",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "ImageInput",
+    "ImageTransform",
+    "clip_transform",
+    "load_image",
+    "squash_transform",
+]
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+_RESAMPLING = ("nearest", "bilinear", "bicubic", "lanczos")
 
 ImageInput = Union["Image.Image", str, os.PathLike, Tensor]
 """One image: a PIL image, a path to an image file, or a uint8 tensor `[3, H, W]`."""
@@ -147,3 +160,58 @@ def clip_transform(
     if len(mean) != 3 or len(std) != 3:
         raise ValueError(f"mean and std need 3 values (RGB), got {len(mean)} and {len(std)}")
     return ImageTransform(_ResizeCropNormalize(size, mean, std), image_size=(size, size))
+
+
+class _SquashNormalize:
+    """Resize to exactly `(H, W)` (aspect ratio not kept), scale to [0, 1], normalise (see ``squash_transform``)."""
+
+    def __init__(self, size: tuple[int, int], mean: Sequence[float], std: Sequence[float], interpolation: str) -> None:
+        self.size = size
+        self.interpolation = interpolation
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+
+    def __call__(self, image: Image.Image) -> Tensor:
+        import numpy as np
+        from PIL import Image
+
+        height, width = self.size
+        if image.size != (width, height):
+            image = image.resize((width, height), getattr(Image.Resampling, self.interpolation.upper()))
+        pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
+        return (pixels - self.mean) / self.std
+
+    def __repr__(self) -> str:
+        return f"SquashNormalize(size={self.size}, interpolation={self.interpolation})"
+
+
+def squash_transform(
+    size: int | tuple[int, int],
+    *,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    interpolation: str = "bicubic",
+) -> ImageTransform:
+    """Upstream VisualRWKV-7's preprocessing: squash-resize to ``size`` (no crop), scale to [0, 1], normalise.
+
+    The whole image is resized to exactly `(H, W)` with PIL (what torchvision's ``Resize((H, W))`` does on a
+    PIL image), so a non-square image is stretched rather than cropped. Upstream v7.00 uses it for every
+    tower: DINOv2 and SAM with ImageNet mean/std, SigLIP with 0.5/0.5, bicubic (timm's interpolation for
+    both ViTs).
+
+    Args:
+        size: `(H, W)` or one side for a square output.
+        mean, std: Per-channel normalisation (RGB).
+        interpolation: ``"nearest"``, ``"bilinear"``, ``"bicubic"`` or ``"lanczos"``.
+
+    Shapes:
+        Returns an ``ImageTransform`` producing float32 `[B, 3, H, W]`.
+    """
+    pair = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    if min(pair) < 1:
+        raise ValueError(f"size must be positive, got {size!r}")
+    if interpolation not in _RESAMPLING:
+        raise ValueError(f"interpolation must be one of {', '.join(_RESAMPLING)}, got {interpolation!r}")
+    if len(mean) != 3 or len(std) != 3:
+        raise ValueError(f"mean and std need 3 values (RGB), got {len(mean)} and {len(std)}")
+    return ImageTransform(_SquashNormalize(pair, mean, std, interpolation), image_size=pair)

@@ -59,7 +59,7 @@ def test_registry():
         *FAMILIES,
     ):
         assert required in names
-    assert list_assemblies("*tiny") == sorted(FAMILIES)
+    assert list_assemblies("*tiny") == sorted([*FAMILIES, "visualrwkv7_tiny"])
     hybrid = get_assembly_config("visualrwkv_hybrid_7b_clipl336").config
     assert hybrid.hybrid_layers == (31,) and hybrid.lm.version == "x052" and hybrid.scan == "uni"
     v6, data = get_assembly_config("visualrwkv_1b6_clipl336")

@@ -29,6 +29,7 @@ from rwkvblocks.vision.checkpoint import hf_clip_vision_cfg
 from ..config import DataConfig, EncoderConfig, VisualRWKVConfig, split_overrides
 from ._common import read_checkpoint
 from .blinkdl import blinkdl_to_state_dict, infer_rwkv_config
+from .upstream7 import v7_encoder, v7_encoder_config, v7_tower_state, v7_upstream_key
 
 __all__ = ["UpstreamCheckpoint", "read_upstream"]
 
@@ -36,6 +37,7 @@ _TINY = re.compile(r"blocks\.(\d+)\.tiny_att\.(.+)")
 _FAMILIES = {  # what the paper pairs with each recurrence: (model fields, data fields, CLS position)
     "x060": ({"scan": "bi"}, {"prompt": "sandwich", "loss": "sample"}, "last"),
     "x052": ({"scan": "uni"}, {"prompt": "image_first", "loss": "batch"}, "first"),
+    "x070": ({"scan": "uni", "pad_multiple": 16}, {"prompt": "image_first", "loss": "sample", "l2wrap": True}, "none"),
 }
 _CLIP_L336 = {"width": 1024, "layers": 24, "patch_size": 14, "image_size": 336, "head_width": 64, "mlp_ratio": 4.0}
 _ASSUMED_HEAD_WIDTH = 64  # OpenAI CLIP's, when neither the user nor a config says
@@ -227,9 +229,12 @@ def read_upstream(
     """
     source = os.fspath(path)
     raw = read_checkpoint(source)
-    rwkv, tiny, tower, rest = {}, {}, {}, {}
+    rwkv, tiny, tower, towers7, rest = {}, {}, {}, {}, {}
     for key, value in raw.items():
-        if key.startswith("rwkv."):
+        v7 = v7_upstream_key(key)
+        if v7 is not None:
+            towers7.setdefault(v7[0], {})[v7[1]] = value
+        elif key.startswith("rwkv."):
             sub = key[len("rwkv.") :]
             m = _TINY.fullmatch(sub)
             if m:
@@ -244,6 +249,8 @@ def read_upstream(
         raise ValueError(f"{source}: no 'rwkv.*' tensors: not an upstream VisualRWKV checkpoint")
     lm_config = infer_rwkv_config(rwkv)
     lm_state = blinkdl_to_state_dict(rwkv, lm_config)
+    if lm_config.version == "x070" or towers7:
+        return _read_v7(source, lm_config, lm_state, towers7, tower, tiny, rest, vision_heads, vision_config, overrides)
     model_defaults, data_defaults, cls = _FAMILIES[lm_config.version]
     hybrid_layers = tuple(sorted({i for i, _ in tiny}))
     hybrid_dim = None
@@ -291,3 +298,55 @@ def read_upstream(
         visual = hf_clip_vision_to_open_clip(tower, prefix="vision_model.")
         state.update({f"encoder.visual.{k}": v for k, v in visual.items()})
     return UpstreamCheckpoint(config, data_config, state, bool(tower), source)
+
+
+def _read_v7(
+    source: str,
+    lm_config,
+    lm_state: dict[str, Tensor],
+    towers: dict[str, dict[str, Tensor]],
+    clip_tower: dict[str, Tensor],
+    tiny: dict,
+    rest: dict[str, Tensor],
+    vision_heads: int | None,
+    vision_config: Any,
+    overrides: dict[str, Any],
+) -> UpstreamCheckpoint:
+    """A VisualRWKV-7 (v7.00) file: x070 ``rwkv.*``, ``proj.*`` and the DINOv2 / SigLIP / SAM towers."""
+    if lm_config.version != "x070":
+        raise ValueError(f"{source}: VisualRWKV-7 towers (vit.*_featurizer) next to an {lm_config.version} RWKV")
+    if clip_tower or tiny:
+        found = "a CLIP tower (vit.vision_model.*)" if clip_tower else "TinyAttention layers (tiny_att)"
+        raise ValueError(f"{source}: an x070 VisualRWKV-7 checkpoint does not carry {found}")
+    if vision_heads is not None or vision_config is not None:
+        raise ValueError(
+            "vision_heads / vision_config describe a CLIP tower; a VisualRWKV-7 file has DINOv2 / SigLIP / SAM "
+            "towers (their shapes are read from the file; encoder=... overrides them)"
+        )
+    proj = {k[len("proj.") :]: rest.pop(k) for k in list(rest) if k.startswith("proj.")}
+    if set(proj) == {"weight"}:
+        projector = "linear"
+    elif {"gate.weight", "o_proj.weight"} <= set(proj):
+        projector = "gated"
+    else:
+        raise ValueError(
+            f"{source}: no projector: expected proj.gate.weight, proj.o_proj.weight and proj.ln_v.* (or proj.weight), "
+            f"found {sorted('proj.' + k for k in proj) or 'no proj.* keys'}"
+        )
+    model_defaults, data_defaults, _ = _FAMILIES["x070"]
+    encoder = v7_encoder_config(towers, source) if towers else None
+    config = VisualRWKVConfig(lm=lm_config, projector=projector, **model_defaults)
+    if encoder is not None:
+        config = config.replace(encoder=encoder)
+    elif not isinstance(overrides.get("encoder"), EncoderConfig):
+        config = config.replace(encoder=v7_encoder())  # no towers in the file: upstream's, random weights
+    data_config = DataConfig(**data_defaults)
+    model_changes, data_changes = split_overrides(overrides)
+    config = config.replace(**model_changes) if model_changes else config
+    data_config = data_config.replace(**data_changes) if data_changes else data_config
+    state: dict[str, Tensor] = {f"lm.{k}": v for k, v in lm_state.items()}
+    state.update({f"proj.{k}": v for k, v in proj.items()})
+    state.update(v7_tower_state(towers))
+    for key, value in rest.items():
+        state[f"(unrecognised) {key}"] = value
+    return UpstreamCheckpoint(config, data_config, state, bool(towers), source)
