@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from assemblies import VisualRWKV, create_assembly, generate, get_assembly_config
 from assemblies.models.config import make_prompt_builder
+from assemblies.models.formats.upstream7 import v7_tower_configs
 from rwkvblocks import TimeMix7
 from rwkvblocks.generation import SamplingConfig
 from rwkvblocks.prompting import ByteTokenizer
@@ -245,3 +246,79 @@ def test_greedy_generation_with_an_image_equals_argmax_of_full_forwards():
         for _ in range(5):
             out.append(int(model(torch.tensor([ids + out]), None, pixels, spans).logits[0, -1].argmax()))
     assert got.tokens == out
+
+
+def test_sam_tower_equals_metas_sam_image_encoder_on_upstream_keys(tmp_path):
+    """Meta's ``segment_anything`` encoder (what upstream's ``build_sam_vit_b`` builds: LayerNorm eps 1e-6,
+    relative positions, windowed and global blocks) with random weights, saved under upstream's
+    ``vit.sam_featurizer.*`` names, read by ``from_upstream``: our tower's tokens equal SAM's neck output after a
+    2 x 2 space-to-depth."""
+    from functools import partial
+
+    from segment_anything.modeling import ImageEncoderViT
+
+    torch.manual_seed(0)
+    sam = ImageEncoderViT(
+        img_size=128,
+        patch_size=16,
+        embed_dim=64,
+        depth=3,
+        num_heads=1,
+        out_chans=16,
+        norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+        use_rel_pos=True,
+        window_size=3,
+        global_attn_indexes=(2,),
+    ).eval()
+    with torch.no_grad():
+        for p in sam.parameters():
+            p.add_(torch.randn_like(p) * 0.05)  # zero-initialised relative positions and norms away from defaults
+    sd = {k: v for k, v in upstream7_state_dict().items() if not k.startswith("vit.sam_featurizer.")}
+    sd.update({f"vit.sam_featurizer.{k}": v for k, v in sam.state_dict().items()})
+    torch.save(sd, tmp_path / "meta_sam.pth")
+    model = VisualRWKV.from_upstream(tmp_path / "meta_sam.pth")
+    pixels = tower_pixels(2, seed=5)["sam"]
+    with torch.no_grad():
+        ours = model.encoder.towers["sam"].features(pixels)[1]
+        neck = sam(pixels)  # [2, 16, 8, 8]
+    s2d = neck.view(2, 16, 4, 2, 4, 2).permute(0, 1, 3, 5, 2, 4).reshape(2, 64, 16)  # channel c * 4 + dy * 2 + dx
+    torch.testing.assert_close(ours, s2d.transpose(1, 2), atol=1e-5, rtol=1e-5)
+
+
+def test_convert_command_reads_a_v7_file(upstream, tmp_path, capsys):
+    from assemblies.cli import main
+
+    path, sd, towers = upstream
+    assert main(["convert", str(path), str(tmp_path / "out")]) == 0
+    assert "x070, 2 layers" in capsys.readouterr().out
+    model = VisualRWKV.from_pretrained(tmp_path / "out")
+    ids, starts, spans = _prompt(3, 40, starts=(2,))
+    pixels = tower_pixels(1, seed=3)
+    with torch.no_grad():
+        out = model(torch.tensor([ids]), images=model.encoder.pack(pixels), image_spans=spans).logits[0]
+    torch.testing.assert_close(out, upstream7_forward(sd, towers, ids, starts, pixels), atol=1e-5, rtol=1e-5)
+
+
+def test_bad_vision_options_are_named():
+    from rwkvblocks.vision import squash_transform
+
+    with pytest.raises(ValueError, match="interpolation must be one of"):
+        squash_transform(56, interpolation="cubic")
+    with pytest.raises(ValueError, match="size must be positive"):
+        squash_transform(0)
+    with pytest.raises(ValueError, match="space_to_depth must be a positive int"):
+        TimmEncoder("vit_tiny_patch16_224", img_size=32, depth=1, space_to_depth=0)
+    with pytest.raises(ValueError, match="space_to_depth=3 does not tile the 2x2 feature map"):
+        TimmEncoder("vit_tiny_patch16_224", img_size=32, depth=1, space_to_depth=3, layout=_no_prefix())
+    with pytest.raises(ValueError, match="resize must be 'timm' or 'squash'"):
+        TimmEncoder("vit_tiny_patch16_224", img_size=32, depth=1, resize="crop")
+    with pytest.raises(ValueError, match="tokens per image must be a positive square"):
+        v7_tower_configs({}, {}, {}, tokens=10)
+    with pytest.raises(ValueError, match="pad_token must be a token id"):
+        create_assembly("visualrwkv7_tiny", pad_multiple=16)  # 261 is outside the 257-id byte vocabulary
+
+
+def _no_prefix():
+    from rwkvblocks.vision import TokenLayout
+
+    return TokenLayout(prefix="none")
