@@ -183,7 +183,42 @@ def run(
         line += f"; the most any implementation could gain on the reference: {results[base][1] / floor_ms:.2f}x"
     rows.append(line + ".")
     results["decode_floor_ms"] = floor_ms
+    pfloor_ms, flops = prefill_floor(ours, T)
+    line = (
+        f"Prefill floor: the prefill's matrix products ({_matmul_flops(ours, T) / 1e9:,.1f} GFLOP: every weight "
+        f"matrix once per position, the head once) at this machine's fp32 GEMM rate ({flops / 1e9:,.0f} GFLOP/s, "
+        f"a [{T}, C] x [C, F] product) = {pfloor_ms:.1f} ms"
+    )
+    if with_reference:
+        line += f"; the most any implementation could gain on the reference: {results[base][0] / pfloor_ms:.2f}x"
+    rows.append(line + ".")
+    results["prefill_floor_ms"] = pfloor_ms
     return rows, results
+
+
+def _matmul_flops(model, T: int) -> int:
+    """Multiply-adds x 2 of a prefill of ``T`` positions: every 2-D weight (LoRAs included) but the embedding
+    and the head once per position, the head for the last position only."""
+    per_token = sum(
+        p.numel() for n, p in model.named_parameters() if p.dim() == 2 and not n.startswith(("emb.", "head."))
+    )
+    return 2 * T * per_token + 2 * model.head.weight.numel()
+
+
+def prefill_floor(model, T: int, repeats: int = 20) -> tuple[float, float]:
+    """``(ms, FLOP/s)``: the prefill's matrix products at the fp32 rate of one ``[T, C] x [C, F]`` product
+    (the channel mix's key, the largest block matrix; median of ``repeats``), and that rate."""
+    weight = max((p for n, p in model.named_parameters() if p.dim() == 2 and ".ffn." in n), key=lambda p: p.numel())
+    w = weight.detach().T.contiguous() if weight.shape[0] > weight.shape[1] else weight.detach()  # [C, F]
+    x = torch.randn(T, w.shape[0])
+    times = []
+    with torch.inference_mode():
+        for _ in range(repeats + 3):
+            t0 = time.perf_counter()
+            torch.mm(x, w)
+            times.append(time.perf_counter() - t0)
+    rate = 2 * T * w.numel() / statistics.median(times[3:])
+    return _matmul_flops(model, T) / rate * 1e3, rate
 
 
 def _weight_bytes(model) -> int:

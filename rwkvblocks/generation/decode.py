@@ -311,7 +311,7 @@ def _model_step(model, tokens: Tensor, state: RWKVState) -> tuple[Tensor, RWKVSt
     return model(tokens, state)
 
 
-_COMPILED_STEPS: dict[str | None, Callable] = {}
+_COMPILED_STEPS: dict[tuple[str | None, bool], Callable] = {}
 
 
 def step_function(model, *, compile: bool | str = False) -> Step:
@@ -321,8 +321,10 @@ def step_function(model, *, compile: bool | str = False) -> Step:
         model: An ``RWKVLanguageModel`` or anything called as ``model(tokens, state)``.
         compile: ``True`` runs the step through ``torch.compile(fullgraph=True)``: one graph per model, whatever
             the batch size after the second one seen (sizes then become symbolic), with the blocks' element-wise
-            work fused; the first call of each new shape compiles (seconds). A string is the compile ``mode``
-            (``"reduce-overhead"`` adds CUDA graphs on a GPU). ``False`` (default) runs eagerly.
+            work fused; the first call of each new shape compiles (seconds). On the CPU the graph is called
+            through Inductor's C++ wrapper (``cpp_wrapper``), which takes the Python launcher's per-kernel
+            overhead out of every token. A string is the compile ``mode`` (``"reduce-overhead"`` adds CUDA
+            graphs on a GPU). ``False`` (default) runs eagerly.
 
     Example:
         >>> import torch
@@ -339,9 +341,13 @@ def step_function(model, *, compile: bool | str = False) -> Step:
         if not isinstance(compile, (bool, str)):
             raise ValueError(f"compile must be a bool or a torch.compile mode string, got {compile!r}")
         mode = None if compile is True else compile
-        if mode not in _COMPILED_STEPS:  # one compiled function per mode: its graphs are cached per model
-            _COMPILED_STEPS[mode] = torch.compile(_model_step, fullgraph=True, mode=mode)
-        compiled = _COMPILED_STEPS[mode]
+        parameter = next(iter(model.parameters()), None) if isinstance(model, torch.nn.Module) else None
+        cpp = mode is None and parameter is not None and parameter.device.type == "cpu"
+        key = (mode, cpp)
+        if key not in _COMPILED_STEPS:  # one compiled function per mode: its graphs are cached per model
+            options = {"options": {"cpp_wrapper": True}} if cpp else {"mode": mode}
+            _COMPILED_STEPS[key] = torch.compile(_model_step, fullgraph=True, **options)
+        compiled = _COMPILED_STEPS[key]
 
         def run(tokens: Tensor, state: RWKVState):
             return compiled(model, tokens, state)
