@@ -8,6 +8,7 @@ Heavy optional dependencies (triton, timm, open_clip, xformers) are imported laz
 from .block import RWKVBlock
 from .channel_mix import ChannelMix, ffn_dim
 from .channel_mix7 import ChannelMix7
+from .errors import CheckpointError, ConfigError
 from .lm import RWKVLanguageModel
 from .losses import BatchLevelCE, SampleLevelCE
 from .ops import BackendUnavailableError, wkv5, wkv6
@@ -25,6 +26,8 @@ __all__ = [
     "BatchLevelCE",
     "ChannelMix",
     "ChannelMix7",
+    "CheckpointError",
+    "ConfigError",
     "DataDependentDecay",
     "DataDependentTokenShift",
     "KVCache",
