@@ -27,6 +27,7 @@ from typing import Any, NamedTuple
 import torch
 
 from .config import DataConfig, EncoderConfig, VisualRWKVConfig, split_overrides
+from .dtypes import resolve_dtype
 from .formats.blinkdl import read_blinkdl
 from .formats.upstream7 import v7_encoder, v7_tower_configs
 from .rwkv_lm import RWKVConfig
@@ -79,7 +80,7 @@ def create_assembly(
     name: str,
     *,
     device: torch.device | str | None = None,
-    dtype: torch.dtype | None = None,
+    dtype: torch.dtype | str | None = None,
     init_lm: str | os.PathLike | None = None,
     **overrides: Any,
 ) -> VisualRWKV:
@@ -87,7 +88,8 @@ def create_assembly(
 
     Args:
         name: A name from ``list_assemblies()``.
-        device, dtype: Where and in which dtype to build (``device="meta"`` builds no weights).
+        device, dtype: Where and in which dtype to build (``device="meta"`` builds no weights; ``dtype`` a
+            ``torch.dtype`` or a name such as ``"bf16"``).
         init_lm: A BlinkDL RWKV ``.pth`` to start the language model from (stage 1 of the recipe); its
             shape-inferred configuration replaces the preset's ``lm``.
         **overrides: e.g. ``scan="multi"``, ``prompt="image_last"``, ``encoder={"pool": 12}``,
@@ -102,7 +104,7 @@ def create_assembly(
     if init_lm is not None:
         overrides["lm"], lm_state = read_blinkdl(init_lm)
     config, data = get_assembly_config(name, **overrides)
-    model = build_visualrwkv(config, data, device=device, dtype=dtype)
+    model = build_visualrwkv(config, data, device=device, dtype=resolve_dtype(dtype))
     if lm_state is not None:
         target = model.lm.emb.weight
         model.lm.load_state_dict({k: v.to(device=target.device, dtype=target.dtype) for k, v in lm_state.items()})

@@ -39,6 +39,7 @@ from rwkvblocks.vision import (
 )
 
 from .config import DataConfig, EncoderConfig, VisualRWKVConfig
+from .dtypes import resolve_dtype
 from .formats._common import raise_key_problems
 from .formats.pretrained import read_pretrained, write_pretrained
 from .formats.upstream import read_upstream
@@ -78,8 +79,11 @@ class VisualRWKV(nn.Module):
     Shapes:
         forward(input_ids `[B, T]`, labels `[B, T]` or None, images `[N, 3, H, W]` or None,
         image_spans `[N, 4]` rows ``(sample, start, first, length)`` as the ``LLaVACollator`` returns
-        them, state ``RWKVState`` or None) -> ``VisualRWKVOutput``. ``image_spans`` is layout metadata:
-        keep it on the CPU (the collator does) and the forward needs no device-to-host copy.
+        them, state ``RWKVState`` or None, validate) -> ``VisualRWKVOutput``. ``images`` must be preprocessed
+        float pixels (``encoder.transform``); raw ``uint8`` pixels are refused, never read as 0-255 values.
+        ``validate=True`` also refuses NaN or infinite pixels and embeddings: a host sync, so it is off by
+        default. ``image_spans`` is layout metadata: keep it on the CPU (the collator does) and the forward
+        needs no device-to-host copy. A ``ConcatEncoder`` (VisualRWKV-7) takes packed images `[N, P]`.
     """
 
     def __init__(
@@ -129,6 +133,7 @@ class VisualRWKV(nn.Module):
         """
         embeds = self.lm.embed(input_ids)
         B, T = input_ids.shape
+        _check_images(images, self.encoder)
         spans = _check_spans(image_spans, images, B, T, self.image_tokens)
         if spans is not None:
             feats = self.encode_images(images)  # [N, n, C]
@@ -178,9 +183,13 @@ class VisualRWKV(nn.Module):
         images: Tensor | None = None,
         image_spans: Tensor | None = None,
         state: RWKVState | None = None,
+        *,
+        validate: bool = False,
     ) -> VisualRWKVOutput:
         pad = self._padding(input_ids.shape[1], state)
         embeds, plan = self.embed(input_ids, images, image_spans, pad=pad)
+        if validate:
+            _check_finite(embeds, images)
         logits, state = self.lm(embeds=embeds, state=state, scan=plan)
         logits = logits[:, pad:] if pad else logits
         loss = self.loss_fn(logits, labels) if labels is not None else None
@@ -260,7 +269,7 @@ class VisualRWKV(nn.Module):
         directory: str | os.PathLike,
         *,
         device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
+        dtype: torch.dtype | str | None = None,
         encoder_weights: bool = True,
         encoder_checkpoint: str | os.PathLike | None = None,
     ) -> VisualRWKV:
@@ -269,7 +278,8 @@ class VisualRWKV(nn.Module):
         Args:
             directory: Holds ``config.json`` and ``model.safetensors``.
             device: Target device (default CPU).
-            dtype: Parameter dtype; ``None`` keeps the stored dtypes.
+            dtype: Parameter dtype (a ``torch.dtype`` or a name: ``"bf16"``, ``"float32"``...); ``None`` keeps the
+                stored dtypes.
             encoder_weights: Load the encoder's weights from the directory. With ``False`` (or when they were
                 not saved) the encoder comes from ``encoder_checkpoint``, else it keeps random weights.
             encoder_checkpoint: Local encoder weights (see ``OpenCLIPEncoder`` / ``TimmEncoder``).
@@ -278,6 +288,7 @@ class VisualRWKV(nn.Module):
             FileNotFoundError: a file is missing (the message names it).
             ValueError: unreadable JSON, or tensors that do not fit the configuration (named).
         """
+        dtype = resolve_dtype(dtype)
         raw, state, stored_encoder = read_pretrained(directory)
         source = str(Path(directory) / "config.json")
         try:
@@ -302,7 +313,7 @@ class VisualRWKV(nn.Module):
         path: str | os.PathLike,
         *,
         device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
+        dtype: torch.dtype | str | None = None,
         encoder_checkpoint: str | os.PathLike | None = None,
         **overrides: Any,
     ) -> VisualRWKV:
@@ -319,6 +330,7 @@ class VisualRWKV(nn.Module):
             ValueError: not a tensor dict (pickled objects are refused), or keys/shapes that do not form a
                 VisualRWKV model: every missing, unexpected and mis-shaped key is named with both shapes.
         """
+        dtype = resolve_dtype(dtype)
         ckpt = read_upstream(path, **overrides)
         with torch.device("meta"):
             model = build_visualrwkv(ckpt.config, ckpt.data_config)
@@ -362,6 +374,35 @@ class VisualRWKV(nn.Module):
 
 def _dtype(module: nn.Module) -> torch.dtype:
     return next(module.parameters()).dtype
+
+
+def _check_images(images: Tensor | None, encoder: ImageEncoder) -> None:
+    """Preprocessed float pixels of the rank the encoder takes; never raw 0-255 values."""
+    if images is None:
+        return
+    per_image = (encoder.image_size[1],) if isinstance(encoder, ConcatEncoder) else (3, *encoder.image_size)
+    layout = "[N, P] packed" if isinstance(encoder, ConcatEncoder) else "[N, 3, H, W]"
+    if not isinstance(images, Tensor):
+        raise ValueError(f"images must be a tensor {layout}, got {type(images).__name__}; use model.encoder.transform")
+    if not images.is_floating_point():
+        raise ValueError(
+            f"images must be preprocessed float pixels, got {images.dtype}: raw pixels (uint8, PIL images, files) "
+            "go through model.encoder.transform first, which scales and normalises them"
+        )
+    if images.dim() != 1 + len(per_image) or tuple(images.shape[1:]) != per_image:
+        hint = " (one image needs a leading batch axis: images[None])" if tuple(images.shape) == per_image else ""
+        raise ValueError(
+            f"images must be a batch {layout} = [N, {', '.join(map(str, per_image))}], got shape "
+            f"{tuple(images.shape)}{hint}"
+        )
+
+
+def _check_finite(embeds: Tensor, images: Tensor | None) -> None:
+    """``validate=True``: refuse NaN or infinite pixels or embeddings (a host sync, so off by default)."""
+    if images is not None and not bool(torch.isfinite(images).all()):
+        raise ValueError(f"images hold NaN or infinite values ({int((~torch.isfinite(images)).sum())} entries)")
+    if not bool(torch.isfinite(embeds).all()):
+        raise ValueError("the input embeddings hold NaN or infinite values (the embedding or projector weights)")
 
 
 def _check_spans(spans: Tensor | None, images: Tensor | None, B: int, T: int, n: int) -> Tensor | None:
@@ -424,7 +465,7 @@ def build_visualrwkv(
     data_config: DataConfig | None = None,
     *,
     device: torch.device | str | None = None,
-    dtype: torch.dtype | None = None,
+    dtype: torch.dtype | str | None = None,
 ) -> VisualRWKV:
     """Assemble a freshly initialised VisualRWKV model (frozen encoder with random weights).
 
@@ -432,7 +473,7 @@ def build_visualrwkv(
     an upstream checkpoint through ``VisualRWKV.from_upstream``. ``data_config`` defaults to ``DataConfig()``.
     """
     data_config = DataConfig() if data_config is None else data_config
-    kw = {"device": device, "dtype": dtype}
+    kw = {"device": device, "dtype": resolve_dtype(dtype)}
     encoder = build_encoder(config.encoder, **kw)
     C = config.lm.dim
     if config.projector == "linear":

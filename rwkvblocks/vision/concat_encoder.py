@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from .encoder import ImageEncoder
+from .encoder import ImageEncoder, _check_float
 from .layout import TokenLayout
 from .transforms import ImageTransform
 
@@ -109,6 +109,7 @@ class ConcatEncoder(ImageEncoder):
                     f"expected packed images [B, {width}] (towers {towers}), got {list(images.shape)}; "
                     "preprocess them with encoder.transform"
                 )
+            _check_float(images)
             parts = images.split([3 * h * w for _, (h, w) in sizes], dim=1)
             return {name: part.reshape(-1, 3, h, w) for (name, (h, w)), part in zip(sizes, parts)}
         if isinstance(images, Mapping):
@@ -130,6 +131,7 @@ class ConcatEncoder(ImageEncoder):
             if not isinstance(batch, Tensor) or batch.dim() != 4 or tuple(batch.shape[1:]) != (3, h, w):
                 shape = list(batch.shape) if isinstance(batch, Tensor) else type(batch).__name__
                 raise ValueError(f"tower {name!r} expects images [B, 3, {h}, {w}], got {shape}")
+            _check_float(batch)
             counts.add(batch.shape[0])
         if len(counts) != 1:
             raise ValueError(f"the tower batches hold different numbers of images: {sorted(counts)}")

@@ -95,6 +95,15 @@ class ImageEncoder(nn.Module, metaclass=abc.ABCMeta):
                 f"expected images [B, 3, {self.image_size[0]}, {self.image_size[1]}], "
                 f"got {list(images.shape)}; preprocess them with encoder.transform"
             )
+        _check_float(images)
         with torch.no_grad() if self.frozen else contextlib.nullcontext():
             prefix, patches = self.features(images)
             return self.layout(prefix, patches, self.grid)
+
+
+def _check_float(images: Tensor) -> None:
+    if not images.is_floating_point():
+        raise ValueError(
+            f"expected preprocessed float pixels, got {images.dtype}: raw pixels (uint8, PIL images, files) go "
+            "through encoder.transform, which scales and normalises them"
+        )
