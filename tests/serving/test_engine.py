@@ -46,7 +46,7 @@ def _run(engine: Engine, jobs: list[Job]) -> list[_Collector]:
     return collectors
 
 
-@pytest.mark.parametrize("name", ["visualrwkv_tiny", "visualrwkv_hybrid_tiny"])
+@pytest.mark.parametrize("name", ["visualrwkv_tiny", "visualrwkv_hybrid_tiny", "visualrwkv7_tiny"])
 def test_chunked_prefill_and_batching_equal_generation_alone(name):
     model = tiny_model(name)
     tokenizer = make_tokenizer(model.data_config)
