@@ -9,11 +9,23 @@ rwkvblocks list [PATTERN] [--params]                                presets, kno
 rwkvblocks info                                                     ops x backends on this machine
 rwkvblocks demo [--steps N] [--out DIR]                             the end-to-end demo (make demo)
 rwkvblocks serve --model DIR_OR_PRESET [--host 127.0.0.1] [--port 8000] OpenAI-compatible API + chat page at /
+rwkvblocks --version                                                the package version
+python -m rwkvblocks ...                                            the same command
+
+Errors: every error of ours (``ValueError`` and its subclasses: ``CheckpointError``, ``ConfigError``,
+``BackendUnavailableError``; ``OSError``: missing files, unwritable outputs, permissions; an unavailable
+``--device``, checked before anything is built; running out of accelerator memory) prints exactly one line to
+stderr, ``rwkvblocks <command>: error: <message>``, and exits 2, the code argparse uses for usage errors. A
+message of several lines (torch's own, embedded in a ``CheckpointError``) is cut to its first line plus
+``(more with --debug)``. ``--debug`` (before or after the command) re-raises instead, with the whole
+traceback. Ctrl-C exits 130 without a traceback. Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 import time
 
@@ -24,9 +36,26 @@ __all__ = ["main"]
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "fp64": torch.float64}
 
 
+def _check_output_dir(path: str, flag: str) -> None:
+    """Refuse an output directory that cannot be created or written, before the (long) work that fills it."""
+    from pathlib import Path
+
+    target = Path(path)
+    if target.exists() and not target.is_dir():
+        raise ValueError(f"{flag} {path}: exists and is not a directory")
+    parent = target
+    while not parent.exists():  # the nearest existing ancestor: mkdir(parents=True) starts there
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ValueError(f"{flag} {path}: {parent} is a file, not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise PermissionError(13, f"Permission denied (so no {flag} {path} in it)", str(parent))
+
+
 def _convert(args: argparse.Namespace) -> int:
     from .models import VisualRWKV
 
+    _check_output_dir(args.dst, "output directory")
     t0 = time.perf_counter()
     print(f"reading {args.src} (torch.load, weights_only=True) ...", flush=True)
     heads = {"vision_heads": args.vision_heads, "vision_config": args.vision_config}
@@ -36,7 +65,7 @@ def _convert(args: argparse.Namespace) -> int:
     params = sum(p.numel() for p in model.parameters())
     print(
         f"  {cfg.lm.version}, {cfg.lm.num_layers} layers, C={cfg.lm.dim}, hybrid layers {list(cfg.hybrid_layers)}, "
-        f"encoder {cfg.encoder.name} ({model.image_tokens} tokens), {params / 1e9:.3f} B parameters"
+        f"encoder {_encoder_label(cfg.encoder)} ({model.image_tokens} tokens), {params:,} parameters"
     )
     transformer = getattr(getattr(model.encoder, "visual", None), "transformer", None)
     if transformer is not None:  # an open_clip tower: say which head count it was built with, and why
@@ -63,6 +92,7 @@ def _train(args: argparse.Namespace) -> int:
     from .models import VisualRWKV, create_assembly
     from .training import data_loader, make_dataset, recipe, train
 
+    _check_output_dir(args.out, "--out")
     device = torch.device(args.device)
     dtype = DTYPES[args.dtype] if args.dtype else None
     overrides = {"tokenizer": args.tokenizer} if args.tokenizer else {}
@@ -180,8 +210,8 @@ def _chat(args: argparse.Namespace) -> int:
             path = line[len("/image") :].strip()
             try:
                 session.set_image(path or None)
-            except (FileNotFoundError, ValueError) as err:
-                print(f"error: {err}", file=sys.stderr, flush=True)
+            except (OSError, ValueError) as err:  # an unreadable image is named, the conversation goes on
+                print(f"error: {_one_line(err)}", file=sys.stderr, flush=True)
                 continue
             print(f"(new conversation about {path})" if path else "(no image)", flush=True)
         else:
@@ -251,6 +281,62 @@ def _score(args: argparse.Namespace) -> int:
     return 0
 
 
+_TIMM_SIZES = {"tiny": "Ti", "small": "S", "base": "B", "large": "L", "huge": "H", "giant": "g", "gigantic": "G"}
+
+
+def _open_clip_vision_cfg(name: str) -> dict | None:
+    """open_clip's ``vision_cfg`` for ``name``, read from its model_configs JSON without importing open_clip."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("open_clip")  # locates the package, imports nothing
+    if spec is None or spec.origin is None:
+        return None
+    path = Path(spec.origin).parent / "model_configs" / f"{name}.json"
+    try:
+        return json.loads(path.read_text())["vision_cfg"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _encoder_label(c) -> str:
+    """What the encoder really is, from its configuration alone (nothing built).
+
+    open_clip: its model name, or, when ``vision_overrides`` reshape the tower, ``ViT LAYERSxWIDTH/PATCH@SIZE``
+    (the values open_clip builds: its config merged with the overrides). timm: ``SIZE/PATCH@IMG`` read from
+    the timm name (``vit_large_patch14...`` -> ``L/14``), ``DEPTHxWIDTH/PATCH@IMG`` when ``depth``/``embed_dim``
+    are overridden. ``"concat"``: each tower as ``name label``, joined by ``+``.
+    """
+    import re
+
+    if c.kind == "concat":
+        return "+".join(f"{name} {_encoder_label(tower)}" for name, tower in c.towers())
+    options = dict(c.options)
+    if c.kind == "open_clip":
+        overrides = dict(options.get("vision_overrides") or {})
+        shape = ("layers", "width", "patch_size", "image_size")
+        if not any(k in overrides for k in shape):
+            return c.name if not overrides else f"{c.name} (modified: {', '.join(sorted(overrides))})"
+        v = {**(_open_clip_vision_cfg(c.name) or {}), **overrides}
+        if not all(k in v for k in shape):
+            return f"{c.name} (modified: {', '.join(sorted(overrides))})"
+        size = v["image_size"]
+        size = size if isinstance(size, int) else "x".join(map(str, size))
+        return f"ViT {v['layers']}x{v['width']}/{v['patch_size']}@{size}"
+    m = re.search(r"vit_([a-z0-9]+)_patch(\d+)", c.name)  # timm: vit_large_patch14_reg4_dinov2, ..._siglip_384
+    if m is None:
+        return c.name
+    size, patch = _TIMM_SIZES.get(m.group(1), m.group(1)), options.get("patch_size", m.group(2))
+    if "depth" in options or "embed_dim" in options:
+        size = f"{options.get('depth', '?')}x{options.get('embed_dim', '?')}"
+    default = re.search(r"_(\d+)$", c.name)
+    img = options.get("img_size", default and default.group(1))
+    if isinstance(img, (list, tuple)):
+        img = "x".join(map(str, img))
+    return f"{size}/{patch}" + (f"@{img}" if img else "")
+
+
 def _list(args: argparse.Namespace) -> int:
     from .models import create_assembly, get_assembly_config, list_assemblies
 
@@ -258,22 +344,27 @@ def _list(args: argparse.Namespace) -> int:
     if not names:
         print(f"no preset matches {args.pattern!r}", file=sys.stderr)
         return 1
-    extra = f" {'params (B)':>10} {'LM (B)':>8} {'encoder (B)':>11}" if args.params else ""
-    print(f"{'preset':<34} {'lm':<18} {'scan':<6} {'prompt':<12} {'encoder':<18} {'cls':<5} hybrid  loss {extra}")
+    rows = []
     for name in names:
         c, data = get_assembly_config(name)
         lm = f"{c.lm.version} L{c.lm.num_layers} C{c.lm.dim}"
         scan = c.scan if isinstance(c.scan, str) else "custom"
         hybrid = ",".join(map(str, c.hybrid_layers)) or "-"
         counts = ""
-        if args.params:  # built on the meta device: shapes only, no memory
+        if args.params:  # built on the meta device: shapes only, no memory; millions, to the thousand
             model = create_assembly(name, device="meta")
-            total = sum(p.numel() for p in model.parameters()) / 1e9
-            lm_total = sum(p.numel() for p in model.lm.parameters()) / 1e9
-            encoder_total = sum(p.numel() for p in model.encoder.parameters()) / 1e9
-            counts = f" {total:>10.3f} {lm_total:>8.3f} {encoder_total:>11.3f}"
-        encoder = f"{c.encoder.name:<18} {c.encoder.cls:<5}"
-        print(f"{name:<34} {lm:<18} {scan:<6} {data.prompt:<12} {encoder} {hybrid:<7} {data.loss:<6}{counts}")
+            total, lm_total, encoder_total = (
+                sum(p.numel() for p in m.parameters()) / 1e6 for m in (model, model.lm, model.encoder)
+            )
+            counts = f" {total:>12,.3f} {lm_total:>10,.3f} {encoder_total:>12,.3f}"
+        rows.append((name, lm, scan, data.prompt, _encoder_label(c.encoder), c.encoder.cls, hybrid, data.loss, counts))
+    width = max(18, *(len(r[4]) for r in rows))
+    extra = f" {'params (M)':>12} {'LM (M)':>10} {'encoder (M)':>12}" if args.params else ""
+    head = f"{'preset':<34} {'lm':<18} {'scan':<6} {'prompt':<12} {'encoder':<{width}} {'cls':<5} hybrid  loss  "
+    print((head + extra).rstrip())
+    for name, lm, scan, prompt, encoder, cls, hybrid, loss, counts in rows:
+        line = f"{name:<34} {lm:<18} {scan:<6} {prompt:<12} {encoder:<{width}} {cls:<5} {hybrid:<7} {loss:<6}{counts}"
+        print(line.rstrip())
     return 0
 
 
@@ -303,8 +394,53 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+# the errors a user can cause (bad input, files, devices, memory): one line and exit 2; the rest are bugs
+_OURS = (ValueError, OSError, torch.cuda.OutOfMemoryError)
+
+
+def _one_line(err: BaseException) -> str:
+    """``err``'s message on one line: an ``OSError`` as ``path: reason``, else the first non-empty line."""
+    if isinstance(err, OSError) and err.strerror:
+        names = [os.fspath(n) for n in (err.filename, err.filename2) if n is not None]
+        text = f"{' -> '.join(names)}: {err.strerror}" if names else err.strerror
+    elif isinstance(err, torch.cuda.OutOfMemoryError):
+        text = f"out of memory: {str(err).strip()}"
+    else:
+        text = str(err).strip() or type(err).__name__
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    first = lines[0] if lines else type(err).__name__
+    return f"{first} (more with --debug)" if len(lines) > 1 else first
+
+
+def _check_device(spec: str) -> None:
+    """Refuse a ``--device`` that this machine does not have, before anything is loaded or built."""
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"--device {spec!r} is not a torch device ({_one_line(err)})") from None
+    if device.type in ("cpu", "meta"):
+        return
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch is built without CUDA" if torch.version.cuda is None else "no CUDA device is visible"
+            raise ValueError(f"--device {spec}: CUDA is not available ({why}); use --device cpu")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise ValueError(f"--device {spec}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
+        return
+    backend = getattr(torch.backends, device.type, None) if device.type == "mps" else getattr(torch, device.type, None)
+    available = getattr(backend, "is_available", None)
+    if available is None or not available():
+        raise ValueError(f"--device {spec}: {device.type} is not available on this machine; use --device cpu")
+
+
 def main(argv: list[str] | None = None) -> int:
+    from rwkvblocks import __version__
+
     parser = argparse.ArgumentParser(prog="rwkvblocks", description="rwkvblocks: VisualRWKV building blocks")
+    parser.add_argument("--version", action="version", version=f"rwkvblocks {__version__}")
+    debug_help = "on an error, show the whole traceback instead of one line"
+    parser.add_argument("--debug", action="store_true", help=debug_help)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("convert", help="convert an upstream VisualRWKV .pth into a save_pretrained directory")
     p.add_argument("src", help="upstream checkpoint (.pth)")
@@ -422,11 +558,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--image-dir", help="folder that file:// image URLs may point into (default: none allowed)")
     p.add_argument("--compile", action="store_true", help="compile the decode step")
     p.set_defaults(run=_serve)
+    for p in sub.choices.values():  # --debug after the command too; SUPPRESS keeps a --debug before it
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
     args = parser.parse_args(argv)
     try:
+        if getattr(args, "device", None) is not None:
+            _check_device(args.device)
         return args.run(args)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"rwkvblocks {args.command}: error: {err}", file=sys.stderr)
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        return 130  # 128 + SIGINT, as a shell reports it; quietly
+    except BrokenPipeError:  # stdout closed early (`rwkvblocks list | head -1`): not an error of the command
+        if args.debug:
+            raise
+        with contextlib.suppress(OSError, ValueError):  # and no second complaint when Python flushes stdout
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE
+    except _OURS as err:
+        if args.debug:
+            raise
+        print(f"rwkvblocks {args.command}: error: {_one_line(err)}", file=sys.stderr, flush=True)
         return 2
 
 

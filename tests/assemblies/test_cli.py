@@ -30,9 +30,22 @@ def test_list_and_info(capsys):
     assert main(["list", "*tiny", "--params"]) == 0
     out = capsys.readouterr().out
     assert "visualrwkv_hybrid_tiny" in out and "x052" in out and "visualrwkv_1b6" not in out
+    # the tower the preset really builds (not the open_clip name its overrides shrink), and its size in millions
+    row = next(line.split() for line in out.splitlines() if line.startswith("visualrwkv_hybrid_tiny "))
+    assert "ViT-L-14-336" not in out and row[6:9] == ["ViT", "2x64/14@56", "first"]
+    total, lm, encoder = map(float, row[-3:])
+    assert 0.1 < total < 1 and abs(total - lm - encoder) < 0.01  # the projector: about 4k parameters
     assert main(["list", "nothing*"]) == 1
     assert main(["info"]) == 0
     assert "wkv6" in capsys.readouterr().out
+
+
+def test_list_describes_every_preset_from_its_config(capsys):
+    assert main(["list"]) == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:]}
+    assert "ViT-L-14-336" in rows["visualrwkv_1b6_clipl336"] and "ViT 2x64/14@56" in rows["visualrwkv_tiny"]
+    assert "dino L/14@448+siglip so400m/14@448+sam B/16" in rows["visualrwkv7_0b1_dinosiglipsam"]
+    assert "dino 3x64/14@56+siglip 3x64/14@56+sam 2x64/16@128" in rows["visualrwkv7_tiny"]
 
 
 def test_demo_runs_end_to_end_and_fails_below_the_pass_mark(tmp_path, capsys):
