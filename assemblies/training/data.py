@@ -37,7 +37,7 @@ def make_dataset(
         image_transform: The encoder's per-image transform (``model.encoder.transform.per_image``).
         tokenizer: Overrides ``data.tokenizer``.
         vocab_size: The model's vocabulary; a tokenizer with more ids is refused.
-        **kwargs: More ``LLaVADataset`` arguments (``on_bad_sample``...).
+        **kwargs: More ``LLaVADataset`` arguments (``on_bad_sample``, ``max_pixels``...).
     """
     builder = make_prompt_builder(data, tokenizer)
     if vocab_size is not None and builder.tokenizer.vocab_size > vocab_size:
@@ -48,13 +48,27 @@ def make_dataset(
 
 
 def data_loader(
-    dataset: Any, data: DataConfig, *, image_tokens: int, batch_size: int, shuffle: bool = True, num_workers: int = 0
+    dataset: Any,
+    data: DataConfig,
+    *,
+    image_tokens: int,
+    batch_size: int,
+    shuffle: bool = True,
+    num_workers: int = 0,
+    on_truncation: str = "keep",
 ) -> DataLoader:
-    """A ``DataLoader`` of ``LLaVACollator`` batches cut to ``data.context_length``."""
+    """A ``DataLoader`` of ``LLaVACollator`` batches cut to ``data.context_length``.
+
+    Args:
+        on_truncation: What the collator does with a sample the cut robs of image positions or of every
+            supervised label (``LLaVACollator``): ``"keep"`` (the default, as upstream: train on what is left,
+            count it and warn), ``"skip"`` or ``"raise"``. Long conversations are normal in LLaVA data, so the
+            dataset's ``on_bad_sample`` policy for unreadable samples does not apply here.
+    """
     return DataLoader(
         dataset,
         batch_size=batch_size,
         shuffle=shuffle,
         num_workers=num_workers,
-        collate_fn=LLaVACollator(image_tokens, data.context_length),
+        collate_fn=LLaVACollator(image_tokens, data.context_length, on_truncation=on_truncation),
     )

@@ -8,6 +8,7 @@ batch-level loss (a mean over tokens).
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterable, Iterator, Mapping
 
@@ -15,12 +16,15 @@ import torch
 
 from rwkvblocks import BatchLevelCE
 from rwkvblocks.losses import IGNORE_INDEX
+from rwkvblocks.prompting import SkipReport
 
 from ..models.visualrwkv import VisualRWKV
 from .recipes import TrainRecipe
 from .stages import configure_stage
 
 __all__ = ["micro_batch_weight", "train"]
+
+logger = logging.getLogger(__name__)
 
 
 def _to(batch: Mapping, device: torch.device) -> dict:
@@ -57,6 +61,16 @@ def _micro_batches(loader: Iterable[Mapping], total: int) -> Iterator[Mapping]:
             raise ValueError("the data loader yielded no batch")
 
 
+class _Reported:
+    """Every pass over ``loader`` is an epoch of ``report``."""
+
+    def __init__(self, loader: Iterable[Mapping], report: SkipReport):
+        self.loader, self.report = loader, report
+
+    def __iter__(self) -> Iterator[Mapping]:
+        return self.report.epoch(self.loader)
+
+
 def train(
     model: VisualRWKV,
     loader: Iterable[Mapping],
@@ -66,6 +80,7 @@ def train(
     micro_batches_per_epoch: int | None = None,
     progress: bool = True,
     description: str | None = None,
+    skip_report: SkipReport | None = None,
 ) -> list[float]:
     """Run one stage: set the trainable parameters, then AdamW with a cosine schedule and clipping.
 
@@ -77,6 +92,9 @@ def train(
         micro_batches_per_epoch: Needed when ``steps`` is not given (``len(loader)``).
         progress: Show a progress bar.
         description: Progress-bar label.
+        skip_report: Counts the skipped (and kept truncated) samples of every batch the run consumes, each
+            pass over ``loader`` one of its epochs; the whole run's summary is logged at the end (a warning
+            when anything was skipped or truncated). Leave it out when ``loader`` already reports.
 
     Returns:
         The loss of every optimiser step (that of its whole accumulated batch).
@@ -95,7 +113,7 @@ def train(
     device = next(model.lm.parameters()).device
     model.train()
     losses: list[float] = []
-    micro = _micro_batches(loader, steps * accumulation)
+    micro = _micro_batches(loader if skip_report is None else _Reported(loader, skip_report), steps * accumulation)
     with tqdm(total=steps, desc=description or f"stage {plan.stage}", unit="step", disable=not progress) as bar:
         for _ in range(steps):
             opt.zero_grad(set_to_none=True)
@@ -114,4 +132,7 @@ def train(
             bar.set_postfix(loss=f"{losses[-1]:.3f}", lr=f"{sched.get_last_lr()[0]:.2e}")
             bar.update()
     model.eval()
+    if skip_report is not None:
+        bad = skip_report.skipped or skip_report.truncated
+        logger.log(logging.WARNING if bad else logging.INFO, "training done: %s", skip_report.summary())
     return losses

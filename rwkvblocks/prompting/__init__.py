@@ -5,7 +5,7 @@
 - ``WorldTokenizer`` (RWKV World vocabulary), ``ByteTokenizer`` (257 ids, for demos) and the
   ``Tokenizer`` interface they share.
 - ``LLaVADataset``, ``LLaVACollator``, ``SkipReport``: LLaVA-1.5 JSON files read lazily, batches padded
-  on the right with per-sample image spans, and a per-epoch report of skipped bad samples.
+  on the right with per-sample image spans, and a whole-run report of skipped bad samples.
 """
 
 from .dataset import BadSampleError, LLaVACollator, LLaVADataset, LLaVASample, SkippedSample, SkipReport

@@ -41,37 +41,105 @@ ImageInput = Union["Image.Image", str, os.PathLike, Tensor]
 """One image: a PIL image, a path to an image file, or a uint8 tensor `[3, H, W]`."""
 
 
-def load_image(image: ImageInput) -> Image.Image:
+DEFAULT_MAX_PIXELS = 64_000_000
+"""``load_image``'s default pixel limit: 64 megapixels (8000 x 8000), checked on the header before decoding."""
+
+
+def load_image(image: ImageInput, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Return ``image`` as a fully decoded RGB PIL image.
+
+    Any mode is converted to RGB: CMYK, palette (through RGBA when it has transparency), grey, with alpha
+    (dropped), 16- and 32-bit integer pixels (scaled to 8 bits, where PIL's own conversion would clip them)
+    and float pixels (in [0, 1] scaled to [0, 255]).
 
     Args:
         image: A PIL image (converted to RGB), a path to an image file (decoded completely, so a
             truncated file fails here and not later), or a uint8 tensor `[3, H, W]` (RGB).
+        max_pixels: A file whose header declares more pixels (width x height), or a PIL image with more, is
+            refused before a pixel is decoded (a decompression bomb: a small file that expands to
+            gigabytes). Default 64 megapixels; None leaves only PIL's own limit
+            (``PIL.Image.MAX_IMAGE_PIXELS`` x 2, refused here the same way).
 
     Raises:
         FileNotFoundError: The path does not exist; the message names it.
-        ValueError: The file cannot be decoded (not an image, truncated, corrupt) — the message names
-            the file — or a tensor that is not uint8 `[3, H, W]`.
+        ValueError: The file cannot be decoded (empty, not an image, truncated, corrupt) or declares more
+            than ``max_pixels`` pixels — the message names the file — or a tensor that is not uint8
+            `[3, H, W]`.
     """
     from PIL import Image
 
+    if max_pixels is not None and (isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1):
+        raise ValueError(f"max_pixels must be a positive int or None, got {max_pixels!r}")
     if isinstance(image, Image.Image):
-        return image.convert("RGB")
+        _check_pixels(image.size, max_pixels, "the image")
+        return _to_rgb(image)
     if isinstance(image, Tensor):
         if image.dtype != torch.uint8 or image.dim() != 3 or image.shape[0] != 3:
             raise ValueError(f"image tensors must be uint8 [3, H, W] (RGB), got {image.dtype} {list(image.shape)}")
         return Image.fromarray(image.permute(1, 2, 0).contiguous().cpu().numpy())
     if isinstance(image, (str, os.PathLike)):
-        path = Path(image)
-        if not path.is_file():
-            raise FileNotFoundError(f"image file not found: {path}")
-        try:
-            with Image.open(path) as opened:
-                opened.load()  # decode now: PIL is lazy and would report truncation much later
-                return opened.convert("RGB")
-        except (OSError, SyntaxError, ValueError) as err:  # PIL's decoders raise all three
-            raise ValueError(f"cannot read image file {path}: {err}") from err
+        return _read_image_file(Path(image), max_pixels)
     raise ValueError(f"expected a PIL image, a file path or a uint8 tensor, got {type(image).__name__}")
+
+
+def _check_pixels(size: tuple[int, int], max_pixels: int | None, what: str) -> None:
+    width, height = size
+    if max_pixels is not None and width * height > max_pixels:
+        raise ValueError(
+            f"{what} is {width}x{height} = {width * height} pixels, more than max_pixels={max_pixels}: refused"
+            " before decoding (a decompression bomb, or too large)"
+        )
+
+
+def _read_image_file(path: Path, max_pixels: int | None) -> Image.Image:
+    """Open (header only), check the declared size, decode every pixel, convert to RGB."""
+    import warnings
+
+    from PIL import Image
+
+    if not path.is_file():
+        raise FileNotFoundError(f"image file not found: {path}")
+    if path.stat().st_size == 0:
+        raise ValueError(f"cannot read image file {path}: the file is empty (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            if max_pixels is not None:  # the limit below decides, not PIL's warning
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            opened = Image.open(path)  # reads the header only
+    except FileNotFoundError:
+        raise FileNotFoundError(f"image file not found: {path}") from None
+    except Image.DecompressionBombError as err:
+        raise ValueError(f"cannot read image file {path}: {err}; refused before decoding") from err
+    except Exception as err:  # PIL's readers raise many types on malformed headers
+        raise ValueError(f"cannot read image file {path}: {err}") from err
+    with opened:
+        _check_pixels(opened.size, max_pixels, f"image file {path}")
+        try:
+            opened.load()  # decode now: PIL is lazy and would report truncation much later
+            return _to_rgb(opened)
+        except Exception as err:  # OSError, SyntaxError, ValueError, EOFError, struct.error...
+            raise ValueError(f"cannot read image file {path}: {err}") from err
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL mode → RGB, scaling 16/32-bit and float pixels to 8 bits (see ``load_image``)."""
+    import numpy as np
+    from PIL import Image
+
+    mode = image.mode
+    if mode.startswith("I") or mode == "F":
+        pixels = np.asarray(image, dtype=np.float64)
+        top = float(pixels.max()) if pixels.size else 0.0
+        if mode.startswith("I;16") or (mode == "I" and 255 < top <= 65535):
+            pixels = pixels / 257.0
+        elif mode == "I" and top > 65535:
+            pixels = pixels * (255.0 / top)
+        elif mode == "F" and top <= 1.0:
+            pixels = pixels * 255.0
+        image = Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8), "L")
+    elif mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    return image.convert("RGB")
 
 
 class ImageTransform:

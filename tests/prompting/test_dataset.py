@@ -320,10 +320,10 @@ def test_dataloader_with_two_workers_skips_and_reports(tmp_path, image_root, cap
     answer = b(" Answer 1.\n\n")
     labels = [x for x in batches[0]["labels"][1].tolist() if x != IGNORE_INDEX]
     assert labels == answer
-    # the text-only sample has no span; a second epoch starts counting afresh
+    # the text-only sample has no span; a second epoch adds to the whole run's counts
     assert batches[2]["image_spans"][:, 0].tolist() == [1, 2]
     list(report.epoch(loader))
-    assert report.seen == 11 and len(report.skipped) == 1
+    assert report.seen == 22 and len(report.skipped) == 2
 
 
 def test_dataloader_with_two_workers_raises_under_raise_policy(tmp_path, image_root):
