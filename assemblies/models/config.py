@@ -14,15 +14,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from rwkvblocks.errors import ConfigError
 from rwkvblocks.generation import SamplingConfig
 from rwkvblocks.prompting import ByteTokenizer, PromptBuilder, Tokenizer, WorldTokenizer, prompt_builder
 from rwkvblocks.scan import DIRECTIONS, SCHEDULES
 from rwkvblocks.vision import TokenLayout
 
+from .._io import typed_fields
 from .rwkv_lm import RWKVConfig
 
 __all__ = [
@@ -30,6 +33,7 @@ __all__ = [
     "EncoderConfig",
     "FrozenOptions",
     "VisualRWKVConfig",
+    "configs_from_dict",
     "default_sampling",
     "make_prompt_builder",
     "make_tokenizer",
@@ -118,7 +122,7 @@ def _thaw(value: Any) -> Any:
 def _check(checks: Mapping[str, tuple[bool, str]], owner: Any) -> None:
     for name, (ok, expected) in checks.items():
         if not ok:
-            raise ValueError(f"{name} must be {expected}, got {getattr(owner, name)!r}")
+            raise ConfigError(type(owner).__name__, name, f"must be {expected}, got {getattr(owner, name)!r}")
 
 
 def _positive_int(value: Any) -> bool:
@@ -166,7 +170,7 @@ class EncoderConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.options, FrozenOptions):
             if not isinstance(self.options, Mapping):
-                raise ValueError(f"encoder options must be a mapping, got {type(self.options).__name__}")
+                raise ConfigError("EncoderConfig", "options", f"must be a mapping, got {type(self.options).__name__}")
             object.__setattr__(self, "options", FrozenOptions(self.options))
         _check(
             {
@@ -192,19 +196,32 @@ class EncoderConfig:
             raise ValueError(f"only a 'concat' encoder has towers, this one is {self.kind!r}")
         raw = self.options.get("towers")
         if not isinstance(raw, tuple) or not raw:
-            raise ValueError("a 'concat' encoder needs options['towers']: a list of (name, encoder config) pairs")
+            raise ConfigError(
+                "EncoderConfig",
+                "options.towers",
+                "is needed by a 'concat' encoder: a list of (name, encoder config) pairs",
+            )
         out = []
-        for item in raw:
+        for i, item in enumerate(raw):
             if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str)):
-                raise ValueError(f"each tower must be a (name, encoder config) pair, got {_thaw(item)!r}")
+                raise ConfigError(
+                    "EncoderConfig",
+                    f"options.towers.{i}",
+                    f"must be a (name, encoder config) pair, got {_thaw(item)!r}",
+                )
             name, cfg = item
-            cfg = cfg if isinstance(cfg, EncoderConfig) else _from_fields(EncoderConfig, cfg)
+            if not isinstance(cfg, EncoderConfig):
+                cfg = typed_fields(EncoderConfig, cfg, source="EncoderConfig", prefix=f"options.towers.{i}.1")
             if cfg.kind == "concat":
-                raise ValueError(f"tower {name!r} is itself a 'concat' encoder; nest towers in one list instead")
+                raise ConfigError(
+                    "EncoderConfig",
+                    f"options.towers.{i}",
+                    f"(tower {name!r}) is itself a 'concat' encoder; nest towers in one list instead",
+                )
             out.append((name, cfg))
         names = [n for n, _ in out]
         if len(set(names)) != len(names):
-            raise ValueError(f"tower names must be unique, got {names}")
+            raise ConfigError("EncoderConfig", "options.towers", f"must have unique tower names, got {names}")
         return out
 
     def kwargs(self) -> dict[str, Any]:
@@ -313,8 +330,16 @@ class VisualRWKVConfig:
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping) -> VisualRWKVConfig:
-        return _from_fields(cls, data)
+    def from_dict(
+        cls, data: Mapping, *, source: str | os.PathLike = "VisualRWKVConfig", prefix: str = ""
+    ) -> VisualRWKVConfig:
+        """The configuration ``to_dict`` wrote, every field type-checked (lists become tuples).
+
+        Raises:
+            ConfigError: a field of the wrong type or value, or an unknown one, named ``prefix.field``
+                (``model.lm.num_layers``) after ``source`` (the ``config.json`` path).
+        """
+        return typed_fields(cls, data, source=source, prefix=prefix)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
@@ -363,15 +388,36 @@ class DataConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping) -> DataConfig:
-        return _from_fields(cls, data)
+    def from_dict(cls, data: Mapping, *, source: str | os.PathLike = "DataConfig", prefix: str = "") -> DataConfig:
+        """The configuration ``to_dict`` wrote, every field type-checked (see ``VisualRWKVConfig.from_dict``)."""
+        return typed_fields(cls, data, source=source, prefix=prefix)
 
 
 def _from_fields(cls, data: Mapping):
-    unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
+    return typed_fields(cls, data, source=cls.__name__)
+
+
+def configs_from_dict(raw: Any, source: str | os.PathLike) -> tuple[VisualRWKVConfig, DataConfig]:
+    """Both configurations of a ``config.json`` object: ``{"model": {...}, "data": {...}}``.
+
+    Both sections are required (a missing one is not taken to mean the defaults), nothing else may be
+    there, and every field is type-checked.
+
+    Raises:
+        ConfigError: a missing, mistyped or unknown section or field, named with its dotted path
+            (``model.lm.num_layers``) after ``source``.
+    """
+    source = os.fspath(source)
+    if not isinstance(raw, Mapping):
+        raise ConfigError(source, "(top level)", f"must be an object with 'model' and 'data', got {type(raw).__name__}")
+    unknown = sorted(str(k) for k in raw if k not in ("model", "data"))
     if unknown:
-        raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
-    return cls(**data)
+        raise ConfigError(source, unknown[0], f"is not a section: unknown sections {unknown} (known: model, data)")
+    for section in ("model", "data"):
+        if section not in raw:
+            raise ConfigError(source, section, "is missing (a config.json holds both 'model' and 'data')")
+    model = VisualRWKVConfig.from_dict(raw["model"], source=source, prefix="model")
+    return model, DataConfig.from_dict(raw["data"], source=source, prefix="data")
 
 
 _DATA_FIELDS = frozenset(f.name for f in dataclasses.fields(DataConfig))

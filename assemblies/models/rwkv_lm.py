@@ -7,6 +7,7 @@ Checkpoints in BlinkDL's ``.pth`` format are read and written by ``assemblies.mo
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
@@ -16,6 +17,9 @@ from torch import nn
 
 from rwkvblocks import ChannelMix, ChannelMix7, RWKVBlock, RWKVLanguageModel, TimeMix, TimeMix7, ffn_dim
 from rwkvblocks.block import LAYER_NORM_EPS
+from rwkvblocks.errors import ConfigError
+
+from .._io import typed_fields
 
 __all__ = ["RWKVConfig", "build_rwkv_lm"]
 
@@ -66,13 +70,20 @@ class RWKVConfig:
 
     def __post_init__(self) -> None:
         if self.version not in VERSIONS:
-            raise ValueError(f"version must be one of {', '.join(map(repr, VERSIONS))}, got {self.version!r}")
+            raise ConfigError(
+                "RWKVConfig", "version", f"must be one of {', '.join(map(repr, VERSIONS))}, got {self.version!r}"
+            )
         ranks = ("mix_rank", "decay_rank", "a_rank", "value_rank", "gate_rank")
-        for name in ("vocab_size", "dim", "num_layers", "head_dim", *ranks):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("vocab_size", "dim", "num_layers", "head_dim", *ranks, "ffn_dim"):
+            value = getattr(self, name)
+            if name == "ffn_dim" and value is None:
+                continue
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ConfigError("RWKVConfig", name, f"must be an int, got {value!r}")
+            if value <= 0:
+                raise ConfigError("RWKVConfig", name, f"must be positive, got {value}")
         if self.dim % self.head_dim:
-            raise ValueError(f"dim={self.dim} must be a multiple of head_dim={self.head_dim}")
+            raise ConfigError("RWKVConfig", "dim", f"must be a multiple of head_dim={self.head_dim}, got {self.dim}")
         if self.ffn_dim is None:
             object.__setattr__(self, "ffn_dim", 4 * self.dim if self.version == "x070" else ffn_dim(self.dim))
 
@@ -101,11 +112,14 @@ class RWKVConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping) -> RWKVConfig:
-        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown RWKVConfig fields: {sorted(unknown)}")
-        return cls(**data)
+    def from_dict(cls, data: Mapping, *, source: str | os.PathLike = "RWKVConfig", prefix: str = "") -> RWKVConfig:
+        """The configuration ``to_dict`` wrote, every field type-checked (a bool or a float is not an int).
+
+        Raises:
+            ConfigError: an unknown field, or one of the wrong type or value, named ``prefix.field`` after
+                ``source``.
+        """
+        return typed_fields(cls, data, source=source, prefix=prefix)
 
     def describe(self) -> str:
         """One line for messages: layers, width, heads, FFN, vocabulary and LoRA ranks."""

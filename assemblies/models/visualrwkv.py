@@ -286,16 +286,17 @@ class VisualRWKV(nn.Module):
 
         Raises:
             FileNotFoundError: a file is missing (the message names it).
-            ValueError: unreadable JSON, or tensors that do not fit the configuration (named).
+            CheckpointError: (a ``ValueError``) an unreadable file (not JSON; empty, truncated or corrupt
+                safetensors; files from different saves), or tensors that do not fit the configuration (named).
+            ConfigError: (a ``ValueError``) a missing section, or a field of ``config.json`` of the wrong type or
+                value, or unknown; named with its dotted path (``model.lm.num_layers``).
         """
         dtype = resolve_dtype(dtype)
         raw, state, stored_encoder = read_pretrained(directory)
         source = str(Path(directory) / "config.json")
-        try:
-            config = VisualRWKVConfig.from_dict(raw.get("model", {}))
-            data_config = DataConfig.from_dict(raw.get("data", {}))
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"{source}: not a VisualRWKV configuration: {err}") from err
+        from .config import configs_from_dict  # both sections required, every field type-checked
+
+        config, data_config = configs_from_dict(raw, source)
         load_encoder = encoder_weights and stored_encoder
         if not load_encoder:
             state = {k: v for k, v in state.items() if not k.startswith("encoder.")}
@@ -357,7 +358,7 @@ class VisualRWKV(nn.Module):
             for k in wanted & set(state)
             if tuple(state[k].shape) != tuple(expected[k].shape)
         )
-        raise_key_problems(f"{source} does not match the model it describes", missing, unexpected, misshaped)
+        raise_key_problems("does not match the model it describes", missing, unexpected, misshaped, path=source)
         converted = {
             k: v.to(device=device, dtype=dtype if v.is_floating_point() and dtype is not None else v.dtype)
             for k, v in state.items()

@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..errors import CheckpointError
+
 __all__ = ["hf_clip_vision_cfg", "hf_clip_vision_to_open_clip", "load_state_dict_file"]
 
 _HF_CLS = "embeddings.class_embedding"
@@ -67,28 +69,112 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, Tensor]:
     """Read a tensor dict from a local ``.safetensors`` file or a ``torch.save`` file.
 
     ``torch.load`` runs with ``weights_only=True`` (no pickled code). A top-level ``"state_dict"`` entry
-    (Lightning and DeepSpeed exports) is unwrapped.
+    (Lightning and DeepSpeed exports) is unwrapped. The format follows the name (``*.safetensors`` or
+    anything else for ``torch.save``); a file whose first bytes say otherwise is refused, naming what it is.
 
     Raises:
         FileNotFoundError: ``path`` is not a file; the message names it.
-        ValueError: The file is unreadable, holds pickled code, or does not hold a dict of tensors.
+        CheckpointError: (a ``ValueError``) the file is empty, truncated or corrupt, of the other format, holds
+            pickled code, or does not hold a dict of tensors; the message starts with the path.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint file not found: {path}")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path), device="cpu")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # pickled code (refused by weights_only=True) or not a torch.save file
-        raise ValueError(f"cannot read {path} as a tensor-only checkpoint (weights_only=True): {err}") from err
+        return _read_safetensors(path)[0]
+    state = _read_torch(path, mmap=False, safetensors_hint="name it *.safetensors to read it as one")
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise ValueError(f"checkpoint {path} does not hold a dict of tensors")
+        raise CheckpointError(
+            path, f"not a weights file: {path} does not hold a dict of tensors (it holds a {type(state).__name__})"
+        )
     return state
+
+
+def _sniff(path: Path) -> tuple[str, bytes]:
+    """What the first bytes of ``path`` say it is: ``"empty"``, ``"safetensors"``, ``"zip"`` (``torch.save``),
+    ``"pickle"`` (legacy ``torch.save``) or ``"unknown"``; and those bytes."""
+    with open(path, "rb") as f:
+        head = f.read(16)
+        size = os.fstat(f.fileno()).st_size
+    if not head:
+        return "empty", head
+    if len(head) > 8 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") <= size - 8:
+        return "safetensors", head  # an 8-byte header length, then the JSON header
+    if head[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
+        return "zip", head
+    if head[:1] == b"\x80":  # pickle protocol 2+
+        return "pickle", head
+    return "unknown", head
+
+
+_KINDS = {
+    "zip": "torch.save file (zip archive)",
+    "pickle": "legacy torch.save file (pickle)",
+    "safetensors": "safetensors file",
+}
+
+
+def _read_torch(path: Path, *, mmap: bool, safetensors_hint: str) -> Any:
+    """``torch.load(path, weights_only=True)`` (memory-mapped if ``mmap`` and the file is a zip archive), every
+    failure a ``CheckpointError`` saying why: empty, safetensors, not a ``torch.save`` file, pickled code refused,
+    truncated or corrupt."""
+    import pickle
+
+    kind, head = _sniff(path)
+    if kind == "empty":
+        raise CheckpointError(path, "empty file (0 bytes): not a torch.save checkpoint")
+    if kind == "safetensors":
+        raise CheckpointError(path, f"a safetensors file, not a torch.save checkpoint: {safetensors_hint}")
+    if kind == "unknown":
+        raise CheckpointError(
+            path, f"not a torch.save checkpoint: neither a zip archive nor a pickle (it starts with {head[:12]!r})"
+        )
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and kind == "zip")
+    except pickle.UnpicklingError as err:
+        text = str(err)
+        if "weights only" not in text.lower():
+            raise CheckpointError(path, f"truncated or corrupt {_KINDS[kind]}: {_first_line(text)}") from err
+        detail = [
+            line.strip()
+            for line in text.splitlines()
+            if line.strip() and not line.startswith(("Weights only load failed", "Check the documentation"))
+        ]
+        raise CheckpointError(
+            path,
+            "refused by torch.load(weights_only=True): it holds pickled code or objects other than tensors, or its "
+            f"pickle is corrupt ({detail[0] if detail else _first_line(text)})",
+        ) from err
+    except Exception as err:  # EOFError, RuntimeError("PytorchStreamReader failed ..."), KeyError, ...
+        raise CheckpointError(
+            path, f"truncated or corrupt {_KINDS[kind]}: {type(err).__name__}: {_first_line(str(err))}"
+        ) from err
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """Every tensor of a safetensors file and its metadata; a ``CheckpointError`` saying why otherwise
+    (a ``torch.save`` file, an empty, truncated or corrupt one)."""
+    from safetensors import safe_open
+
+    kind, _ = _sniff(path)
+    if kind == "empty":
+        raise CheckpointError(path, "empty file (0 bytes): not a safetensors file")
+    if kind in ("zip", "pickle"):
+        raise CheckpointError(path, f"a {_KINDS[kind]}, not a safetensors file: name it *.pt or *.pth")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            metadata = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (a safe_open handle is not a dict)
+    except Exception as err:  # safetensors' SafetensorError: header too large, incomplete, invalid JSON...
+        raise CheckpointError(path, f"truncated or corrupt safetensors file: {_first_line(str(err))}") from err
+    return tensors, dict(metadata)
+
+
+def _first_line(text: str) -> str:
+    line = next((t.strip() for t in text.splitlines() if t.strip()), "")
+    return line if len(line) <= 200 else line[:197] + "..."
 
 
 def _hf_prefix(state_dict: dict[str, Tensor]) -> str | None:

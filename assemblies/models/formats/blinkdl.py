@@ -20,10 +20,11 @@ import torch
 from torch import Tensor
 
 from rwkvblocks import DataDependentTokenShift, RWKVBlock, RWKVLanguageModel, TimeMix7
+from rwkvblocks.errors import CheckpointError
 
 from ..._io import atomic_file
 from ..rwkv_lm import RWKVConfig, build_rwkv_lm
-from ._common import raise_key_problems, read_checkpoint
+from ._common import block_differences, check_blocks, raise_key_problems, read_checkpoint
 
 __all__ = [
     "blinkdl_to_state_dict",
@@ -141,16 +142,25 @@ def _shape(sd: Mapping[str, Tensor], key: str, ndim: int | None = None) -> tuple
     return tuple(t.shape)
 
 
-def infer_rwkv_config(state_dict: Mapping[str, Tensor]) -> RWKVConfig:
+def _layer0_only(i: int, name: str) -> bool:
+    """Keys that only layer 0 has (``ln0``), or that it may lack (x070's unused value-residual LoRA)."""
+    return i == 0 and (name.startswith("ln0.") or name in ("att.v0", "att.v1", "att.v2"))
+
+
+def infer_rwkv_config(state_dict: Mapping[str, Tensor], *, source: str | os.PathLike = "<state dict>") -> RWKVConfig:
     """Read an ``RWKVConfig`` from the tensor shapes of a BlinkDL state dict.
 
+    ``source`` names the file in messages.
+
     Raises:
-        ValueError: a tensor needed to infer the shape is missing or has the wrong rank; the message
-            names it. (Missing, unexpected or mis-shaped tensors elsewhere are reported by
+        CheckpointError: (a ``ValueError``) block indices with a gap (0, 1, 3), or a tensor needed to infer the
+            shape missing or of the wrong rank; the message names them. (Missing, unexpected or mis-shaped
+            tensors elsewhere, and blocks that do not all carry the same keys, are reported together by
             ``blinkdl_to_state_dict``.)
     """
+    check_blocks(state_dict, source)
     if "blocks.0.att.r_k" in state_dict:
-        return _infer_x070(state_dict)
+        return _infer_x070(state_dict, source)
     need = {
         "emb.weight": 2,
         "blocks.0.att.time_faaaa": 2,
@@ -158,7 +168,9 @@ def infer_rwkv_config(state_dict: Mapping[str, Tensor]) -> RWKVConfig:
     }
     problems = [f"{k} (expected a {n}-D tensor)" for k, n in need.items() if _shape(state_dict, k, n) is None]
     if problems:
-        raise ValueError("not an RWKV-5/6/7 checkpoint in BlinkDL format; missing or malformed: " + ", ".join(problems))
+        raise CheckpointError(
+            source, "not an RWKV-5/6/7 checkpoint in BlinkDL format; missing or malformed: " + ", ".join(problems)
+        )
     V, C = _shape(state_dict, "emb.weight")
     H, K = _shape(state_dict, "blocks.0.att.time_faaaa")
     F = _shape(state_dict, "blocks.0.ffn.key.weight")[0]
@@ -168,15 +180,18 @@ def infer_rwkv_config(state_dict: Mapping[str, Tensor]) -> RWKVConfig:
         d1 = _shape(state_dict, "blocks.0.att.time_decay_w1", 2)
         missing = [k for k, s in (("time_maa_w1", w1), ("time_decay_w1", d1)) if s is None]
         if missing:
-            raise ValueError(f"x060 checkpoint: missing or malformed blocks.0.att.{', blocks.0.att.'.join(missing)}")
+            raise CheckpointError(
+                source, f"x060 checkpoint: missing or malformed blocks.0.att.{', blocks.0.att.'.join(missing)}"
+            )
         if w1[1] % 5:
-            raise ValueError(f"blocks.0.att.time_maa_w1 must be [C, 5*Dm], got {list(w1)}")
+            raise CheckpointError(source, f"blocks.0.att.time_maa_w1 must be [C, 5*Dm], got {list(w1)}")
         return RWKVConfig("x060", V, C, max(layers) + 1, K, F, w1[1] // 5, d1[1])
     if "blocks.0.att.time_mix_k" in state_dict:
         return RWKVConfig("x052", V, C, max(layers) + 1, K, F)
-    raise ValueError(
+    raise CheckpointError(
+        source,
         "cannot tell the RWKV version: none of blocks.0.att.r_k (x070), blocks.0.att.time_maa_x (x060) and "
-        "blocks.0.att.time_mix_k (x052) is present"
+        "blocks.0.att.time_mix_k (x052) is present",
     )
 
 
@@ -184,13 +199,15 @@ def _layer_indices(state_dict: Mapping[str, Tensor]) -> set[int]:
     return {int(m.group(1)) for k in state_dict if (m := re.match(r"blocks\.(\d+)\.", k))}
 
 
-def _infer_x070(state_dict: Mapping[str, Tensor]) -> RWKVConfig:
+def _infer_x070(state_dict: Mapping[str, Tensor], source: str | os.PathLike) -> RWKVConfig:
     """x070: heads and head size from ``r_k``, every LoRA rank from its matrix (never from a formula)."""
     need = ["emb.weight", "blocks.0.att.r_k", "blocks.0.ffn.key.weight"]
     need += [f"blocks.0.att.{n}1" for n in "wag"]
     problems = [f"{k} (expected a 2-D tensor)" for k in need if _shape(state_dict, k, 2) is None]
     if problems:
-        raise ValueError("x070 checkpoint (it has blocks.0.att.r_k): missing or malformed: " + ", ".join(problems))
+        raise CheckpointError(
+            source, "x070 checkpoint (it has blocks.0.att.r_k): missing or malformed: " + ", ".join(problems)
+        )
     V, C = _shape(state_dict, "emb.weight")
     H, K = _shape(state_dict, "blocks.0.att.r_k")
     F = _shape(state_dict, "blocks.0.ffn.key.weight")[0]
@@ -221,12 +238,17 @@ def _describe_entry(value: object) -> str:
     return str(list(value.shape)) if isinstance(value, Tensor) else type(value).__name__
 
 
-def blinkdl_to_state_dict(state_dict: Mapping[str, Tensor], config: RWKVConfig) -> dict[str, Tensor]:
+def blinkdl_to_state_dict(
+    state_dict: Mapping[str, Tensor], config: RWKVConfig, *, source: str | os.PathLike = "<state dict>"
+) -> dict[str, Tensor]:
     """Rename and reshape a BlinkDL state dict into ``RWKVLanguageModel`` keys (no copies of data).
 
     Raises:
-        ValueError: naming every missing, unexpected and mis-shaped key at once.
+        CheckpointError: (a ``ValueError``, of ``source``) block indices with a gap, or naming every missing,
+            unexpected and mis-shaped key at once, and the keys some blocks carry and others lack (layer 0's
+            ``ln0`` and x070's ``att.v0/v1/v2`` aside).
     """
+    check_blocks(state_dict, source)
     layout = _layout(config)
     expected = {key: entry.their_shape for entry in layout for key in entry.theirs}
     ignored = _IGNORED_X070 if config.version == "x070" else ()
@@ -242,6 +264,8 @@ def blinkdl_to_state_dict(state_dict: Mapping[str, Tensor], config: RWKVConfig) 
         missing,
         unexpected,
         misshaped,
+        path=source,
+        blocks=block_differences(state_dict, optional=_layer0_only),
     )
     out = {}
     for entry in layout:
@@ -303,8 +327,8 @@ def rwkv_config_of(model: RWKVLanguageModel) -> RWKVConfig:
 def read_blinkdl(path: str | os.PathLike) -> tuple[RWKVConfig, dict[str, Tensor]]:
     """A BlinkDL ``.pth`` as its inferred ``RWKVConfig`` and a state dict in our key names."""
     sd = read_checkpoint(path)
-    config = infer_rwkv_config(sd)
-    return config, blinkdl_to_state_dict(sd, config)
+    config = infer_rwkv_config(sd, source=path)
+    return config, blinkdl_to_state_dict(sd, config, source=path)
 
 
 def load_blinkdl(
@@ -329,8 +353,9 @@ def load_blinkdl(
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: the file is not a tensor dict, or its keys/shapes do not form an RWKV model
-            (every missing, unexpected and mis-shaped key is named).
+        CheckpointError: (a ``ValueError``) the file is empty, truncated, corrupt, not a ``torch.save`` file or
+            not a tensor dict, holds pickled code, has blocks with a gap or with different keys, or its
+            keys/shapes do not form an RWKV model (every missing, unexpected and mis-shaped key is named).
     """
     config, ours = read_blinkdl(path)
     dtype = dtype or ours["emb.weight"].dtype

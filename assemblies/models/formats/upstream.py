@@ -23,11 +23,12 @@ from typing import Any, NamedTuple
 
 from torch import Tensor
 
+from rwkvblocks.errors import CheckpointError
 from rwkvblocks.vision import hf_clip_vision_to_open_clip
 from rwkvblocks.vision.checkpoint import hf_clip_vision_cfg
 
 from ..config import DataConfig, EncoderConfig, VisualRWKVConfig, split_overrides
-from ._common import read_checkpoint
+from ._common import check_blocks, read_checkpoint
 from .blinkdl import blinkdl_to_state_dict, infer_rwkv_config
 from .upstream7 import v7_encoder, v7_encoder_config, v7_tower_state, v7_upstream_key
 
@@ -67,18 +68,37 @@ class UpstreamCheckpoint(NamedTuple):
     source: str
 
 
-def _tower_config(tower: Mapping[str, Tensor]) -> dict:
+def _tower_config(tower: Mapping[str, Tensor], source: str) -> dict:
     """open_clip ``vision_cfg`` entries read from a Hugging Face CLIP vision state dict's shapes.
 
     Everything but ``head_width``: the head count leaves no trace in the shapes.
+
+    Raises:
+        CheckpointError: a tensor the shape is read from is missing or of the wrong rank, or the tower's layers
+            have a gap or do not all carry the same tensors.
     """
+    need = {
+        "embeddings.class_embedding": 1,
+        "embeddings.patch_embedding.weight": 4,
+        "embeddings.position_embedding.weight": 2,
+        "encoder.layers.0.mlp.fc1.weight": 2,
+    }
+    bad = [
+        f"vit.vision_model.{k} (expected a {n}-D tensor)"
+        for k, n in need.items()
+        if not isinstance(tower.get(k), Tensor) or tower[k].dim() != n
+    ]
+    if bad:
+        raise CheckpointError(
+            source, "the CLIP tower (vit.vision_model.*) is incomplete: missing or malformed " + ", ".join(bad)
+        )
+    layers = len(check_blocks(tower, source, prefix="encoder.layers.", optional=lambda i, name: False))
     width = tower["embeddings.class_embedding"].shape[0]
     patch = tower["embeddings.patch_embedding.weight"].shape[-1]
     positions = tower["embeddings.position_embedding.weight"].shape[0]
     grid = int(round((positions - 1) ** 0.5))
     if grid * grid != positions - 1:
-        raise ValueError(f"vit position embedding has {positions} rows: not a square grid plus CLS")
-    layers = 1 + max(int(m.group(1)) for k in tower if (m := re.match(r"encoder\.layers\.(\d+)\.", k)))
+        raise CheckpointError(source, f"vit position embedding has {positions} rows: not a square grid plus CLS")
     hidden = tower["encoder.layers.0.mlp.fc1.weight"].shape[0]
     return {
         "width": width,
@@ -223,7 +243,11 @@ def read_upstream(
             ``prompt``, ``encoder={"cls": ...}``, ``loss``...); defaults follow the family.
 
     Raises:
-        ValueError: not a tensor dict (pickled objects are refused), no ``rwkv.*`` / ``proj.weight``, a head
+        FileNotFoundError: no such file.
+        CheckpointError: (a ``ValueError``) an unreadable file (empty, truncated, corrupt, not a ``torch.save``
+            file, pickled objects), not a tensor dict, no ``rwkv.*`` / ``proj.weight``, blocks (RWKV or CLIP) with
+            a gap or with different keys.
+        ValueError: a head
             count that does not divide the tower's width or that sources give differently, a ``vision_config``
             that describes another tower, or ``vision_heads`` for a file without the tower.
     """
@@ -246,9 +270,9 @@ def read_upstream(
         else:
             rest[key] = value
     if not rwkv:
-        raise ValueError(f"{source}: no 'rwkv.*' tensors: not an upstream VisualRWKV checkpoint")
-    lm_config = infer_rwkv_config(rwkv)
-    lm_state = blinkdl_to_state_dict(rwkv, lm_config)
+        raise CheckpointError(source, "no 'rwkv.*' tensors: not an upstream VisualRWKV checkpoint")
+    lm_config = infer_rwkv_config(rwkv, source=source)
+    lm_state = blinkdl_to_state_dict(rwkv, lm_config, source=source)
     if lm_config.version == "x070" or towers7:
         return _read_v7(source, lm_config, lm_state, towers7, tower, tiny, rest, vision_heads, vision_config, overrides)
     model_defaults, data_defaults, cls = _FAMILIES[lm_config.version]
@@ -257,11 +281,11 @@ def read_upstream(
     if hybrid_layers:
         q = tiny.get((hybrid_layers[0], "tiny_q.weight"))
         if q is None:
-            raise ValueError(f"{source}: missing rwkv.blocks.{hybrid_layers[0]}.tiny_att.tiny_q.weight")
+            raise CheckpointError(source, f"missing rwkv.blocks.{hybrid_layers[0]}.tiny_att.tiny_q.weight")
         hybrid_dim = q.shape[0]
     proj = rest.pop("proj.weight", None)
     if proj is None or proj.dim() != 2:
-        raise ValueError(f"{source}: missing or malformed proj.weight (expected [C, vision_dim])")
+        raise CheckpointError(source, "missing or malformed proj.weight (expected [C, vision_dim])")
     encoder = overrides.pop("encoder", None)
     user_vision, encoder = _split_vision_overrides(encoder)
     if encoder:
@@ -274,7 +298,7 @@ def read_upstream(
             )
         encoder_options = {}
     else:
-        shape = _tower_config({k[len("vision_model.") :]: v for k, v in tower.items()}) if tower else None
+        shape = _tower_config({k[len("vision_model.") :]: v for k, v in tower.items()}, source) if tower else None
         encoder_options = _encoder_options(shape, user_vision, vision_heads, vision_config, source)
     config = VisualRWKVConfig(
         lm=lm_config,
@@ -314,10 +338,10 @@ def _read_v7(
 ) -> UpstreamCheckpoint:
     """A VisualRWKV-7 (v7.00) file: x070 ``rwkv.*``, ``proj.*`` and the DINOv2 / SigLIP / SAM towers."""
     if lm_config.version != "x070":
-        raise ValueError(f"{source}: VisualRWKV-7 towers (vit.*_featurizer) next to an {lm_config.version} RWKV")
+        raise CheckpointError(source, f"VisualRWKV-7 towers (vit.*_featurizer) next to an {lm_config.version} RWKV")
     if clip_tower or tiny:
         found = "a CLIP tower (vit.vision_model.*)" if clip_tower else "TinyAttention layers (tiny_att)"
-        raise ValueError(f"{source}: an x070 VisualRWKV-7 checkpoint does not carry {found}")
+        raise CheckpointError(source, f"an x070 VisualRWKV-7 checkpoint does not carry {found}")
     if vision_heads is not None or vision_config is not None:
         raise ValueError(
             "vision_heads / vision_config describe a CLIP tower; a VisualRWKV-7 file has DINOv2 / SigLIP / SAM "
@@ -329,9 +353,10 @@ def _read_v7(
     elif {"gate.weight", "o_proj.weight"} <= set(proj):
         projector = "gated"
     else:
-        raise ValueError(
-            f"{source}: no projector: expected proj.gate.weight, proj.o_proj.weight and proj.ln_v.* (or proj.weight), "
-            f"found {sorted('proj.' + k for k in proj) or 'no proj.* keys'}"
+        raise CheckpointError(
+            source,
+            "no projector: expected proj.gate.weight, proj.o_proj.weight and proj.ln_v.* (or proj.weight), "
+            f"found {sorted('proj.' + k for k in proj) or 'no proj.* keys'}",
         )
     model_defaults, data_defaults, _ = _FAMILIES["x070"]
     encoder = v7_encoder_config(towers, source) if towers else None
