@@ -32,34 +32,28 @@ def _devices() -> list[torch.device]:
     return [torch.device("cpu"), *cuda]
 
 
-def _wkv_samples() -> dict[str, WKVInputs]:
-    def inputs(B, T, dtype, device, has_state, grad):
-        return WKVInputs(B, T, 32, 64, 64, dtype, device, False, has_state, grad)
-
+def _wkv_samples(inputs, decode_dtype: torch.dtype) -> dict:
+    """Prefill/train and decode shapes for a WKV op; ``inputs(B, T, dtype, device, has_state, grad)`` builds
+    the op's metadata record."""
     samples = {}
     for d in _devices():
         if d.type == "cpu":
             samples["cpu fp32 prefill B=1 T=4096 H=32 K=64"] = inputs(1, 4096, torch.float32, d, False, True)
         else:
             samples["cuda bf16 train B=8 T=2048 H=32 K=64"] = inputs(8, 2048, torch.bfloat16, d, False, True)
-        samples[f"{d.type} bf16 decode B=8 T=1 H=32 K=64"] = inputs(8, 1, torch.bfloat16, d, True, False)
+        name = "bf16" if decode_dtype == torch.bfloat16 else "fp32"
+        samples[f"{d.type} {name} decode B=8 T=1 H=32 K=64"] = inputs(8, 1, decode_dtype, d, True, False)
     return samples
 
 
-def _wkv7_samples() -> dict:
+def _wkv6_inputs(B, T, dtype, device, has_state, grad) -> WKVInputs:
+    return WKVInputs(B, T, 32, 64, 64, dtype, device, False, has_state, grad)
+
+
+def _wkv7_inputs(B, T, dtype, device, has_state, grad):
     from .ops.wkv7 import WKV7Inputs
 
-    def inputs(B, T, dtype, device, has_state, grad):
-        return WKV7Inputs(B, T, 32, 64, 64, dtype, device, has_state, grad)
-
-    samples = {}
-    for d in _devices():
-        if d.type == "cpu":
-            samples["cpu fp32 prefill B=1 T=4096 H=32 K=64"] = inputs(1, 4096, torch.float32, d, False, True)
-        else:
-            samples["cuda bf16 train B=8 T=2048 H=32 K=64"] = inputs(8, 2048, torch.bfloat16, d, False, True)
-        samples[f"{d.type} fp32 decode B=8 T=1 H=32 K=64"] = inputs(8, 1, torch.float32, d, True, False)
-    return samples
+    return WKV7Inputs(B, T, 32, 64, 64, dtype, device, has_state, grad)
 
 
 def _attention_samples() -> dict:
@@ -112,10 +106,10 @@ def report() -> str:
         "chosen inside from metadata; the Triton kernels register their own triton_ops on first use"
     )
     lines.append("")
-    wkv_samples = _wkv_samples()
+    wkv_samples = _wkv_samples(_wkv6_inputs, torch.bfloat16)
     lines += _op_report("wkv6", wkv.OP_NAMES, wkv_dispatcher, wkv_samples)
     lines += _op_report("wkv5", wkv.OP_NAMES, wkv_dispatcher, wkv_samples, note=" (its static w as a broadcast view)")
-    lines += _op_report("wkv7", WKV7_OPS, wkv7_dispatcher, _wkv7_samples())
+    lines += _op_report("wkv7", WKV7_OPS, wkv7_dispatcher, _wkv_samples(_wkv7_inputs, torch.float32))
     lines += _op_report("causal_attention", attention.OP_NAMES, attention.attention_dispatcher, _attention_samples())
     ce = cross_entropy
     lines += _op_report("weighted_cross_entropy", ce.OP_NAMES, ce.cross_entropy_dispatcher, _cross_entropy_samples())

@@ -54,6 +54,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from .._images import to_rgb
 from ._records import JsonRecords
 from .prompt import IGNORE_INDEX, ConversationError, Prompt, PromptBuilder
 
@@ -167,28 +168,6 @@ def _to_uint8_tensor(image) -> Tensor:
     return torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).view(height, width, 3).permute(2, 0, 1)
 
 
-def _to_rgb(image):
-    """Any PIL mode → RGB: 16- and 32-bit integer pixels scaled to 8 bits (PIL would clip them), float
-    pixels in [0, 1] scaled to [0, 255], a palette with transparency through RGBA, the rest by ``convert``."""
-    import numpy as np
-    from PIL import Image
-
-    mode = image.mode
-    if mode.startswith("I") or mode == "F":
-        pixels = np.asarray(image, dtype=np.float64)
-        top = float(pixels.max()) if pixels.size else 0.0
-        if mode.startswith("I;16") or (mode == "I" and 255 < top <= 65535):
-            pixels = pixels / 257.0
-        elif mode == "I" and top > 65535:
-            pixels = pixels * (255.0 / top)
-        elif mode == "F" and top <= 1.0:
-            pixels = pixels * 255.0
-        image = Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8), "L")
-    elif mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
-    return image.convert("RGB")
-
-
 def _decode(path: Path, max_pixels: int | None):
     """``path`` fully decoded to RGB, or ``_BadSample``: missing, empty, oversized (refused on the header,
     before a pixel is decoded) or anything the decoder raises (truncated, not an image, corrupt)."""
@@ -227,7 +206,7 @@ def _decode(path: Path, max_pixels: int | None):
             )
         try:
             image.load()  # decodes every pixel: a truncated file fails here, not later
-            return _to_rgb(image)
+            return to_rgb(image)
         except Exception as exc:  # OSError, SyntaxError, ValueError, EOFError, struct.error...
             raise _BadSample("corrupt_image", f"cannot decode file {shown}: {exc}", str(path)) from exc
 

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Union
 import torch
 from torch import Tensor
 
+from .._images import to_rgb
+
 if TYPE_CHECKING:
     from PIL import Image
 
@@ -72,7 +74,7 @@ def load_image(image: ImageInput, *, max_pixels: int | None = DEFAULT_MAX_PIXELS
         raise ValueError(f"max_pixels must be a positive int or None, got {max_pixels!r}")
     if isinstance(image, Image.Image):
         _check_pixels(image.size, max_pixels, "the image")
-        return _to_rgb(image)
+        return to_rgb(image)
     if isinstance(image, Tensor):
         if image.dtype != torch.uint8 or image.dim() != 3 or image.shape[0] != 3:
             raise ValueError(f"image tensors must be uint8 [3, H, W] (RGB), got {image.dtype} {list(image.shape)}")
@@ -116,30 +118,9 @@ def _read_image_file(path: Path, max_pixels: int | None) -> Image.Image:
         _check_pixels(opened.size, max_pixels, f"image file {path}")
         try:
             opened.load()  # decode now: PIL is lazy and would report truncation much later
-            return _to_rgb(opened)
+            return to_rgb(opened)
         except Exception as err:  # OSError, SyntaxError, ValueError, EOFError, struct.error...
             raise ValueError(f"cannot read image file {path}: {err}") from err
-
-
-def _to_rgb(image: Image.Image) -> Image.Image:
-    """Any PIL mode → RGB, scaling 16/32-bit and float pixels to 8 bits (see ``load_image``)."""
-    import numpy as np
-    from PIL import Image
-
-    mode = image.mode
-    if mode.startswith("I") or mode == "F":
-        pixels = np.asarray(image, dtype=np.float64)
-        top = float(pixels.max()) if pixels.size else 0.0
-        if mode.startswith("I;16") or (mode == "I" and 255 < top <= 65535):
-            pixels = pixels / 257.0
-        elif mode == "I" and top > 65535:
-            pixels = pixels * (255.0 / top)
-        elif mode == "F" and top <= 1.0:
-            pixels = pixels * 255.0
-        image = Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8), "L")
-    elif mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
-    return image.convert("RGB")
 
 
 class ImageTransform:
