@@ -3,6 +3,7 @@
 rwkvblocks convert SRC DST [--dtype bf16] [--no-encoder-weights]   upstream .pth -> safetensors dir
     [--vision-heads N] [--vision-config PATH]                       the CLIP tower's head count
 rwkvblocks train --preset NAME --stage alignment --data JSON --images DIR --out DIR [--init-lm PTH]
+    [--dtype bf16 | --pure-bf16] [--seed S] [--checkpoint-every N] [--keep-checkpoints K] [--resume]
 rwkvblocks eval --model M --benchmark NAME --questions FILE [--images DIR] [--annotations PATH] [--mode rank]
 rwkvblocks score --benchmark NAME --answers FILE [--annotations PATH] [--questions FILE]  score answers
 rwkvblocks list [PATTERN] [--params]                                presets, knobs, parameter counts
@@ -94,7 +95,20 @@ def _train(args: argparse.Namespace) -> int:
 
     _check_output_dir(args.out, "--out")
     device = torch.device(args.device)
-    dtype = DTYPES[args.dtype] if args.dtype else None
+    if args.dtype == "fp16":
+        raise ValueError(
+            "--dtype fp16: training in fp16 needs a gradient scaler, which train does not have (the weights would "
+            "turn NaN); use --dtype bf16 (bf16 autocast, fp32 master weights)"
+        )
+    if args.pure_bf16 and args.dtype != "bf16":
+        raise ValueError("--pure-bf16 goes with --dtype bf16")
+    if args.checkpoint_every is not None and args.checkpoint_every < 1:
+        raise ValueError(f"--checkpoint-every must be a positive int, got {args.checkpoint_every}")
+    if args.dtype == "bf16":  # mixed precision: fp32 master weights, bf16 autocast compute (--pure-bf16: the old way)
+        precision, dtype = ("bf16-pure", torch.bfloat16) if args.pure_bf16 else ("bf16-autocast", torch.float32)
+    else:
+        precision, dtype = "fp32", DTYPES[args.dtype] if args.dtype else None
+    torch.manual_seed(args.seed)  # the same random initialisation (of frozen parts too) when a run is resumed
     overrides = {"tokenizer": args.tokenizer} if args.tokenizer else {}
     if args.init:
         model = VisualRWKV.from_pretrained(args.init, device=device, dtype=dtype)
@@ -128,6 +142,15 @@ def _train(args: argparse.Namespace) -> int:
     loader = data_loader(
         dataset, data, image_tokens=model.image_tokens, batch_size=plan.micro_batch_size, num_workers=args.workers
     )
+    # shuffled by a generator of its own, seeded: the order a resumed run replays is the order of the first run
+    loader = torch.utils.data.DataLoader(
+        loader.dataset,
+        batch_size=loader.batch_size,
+        shuffle=True,
+        num_workers=args.workers,
+        collate_fn=loader.collate_fn,
+        generator=torch.Generator().manual_seed(args.seed),
+    )
     report = SkipReport()
 
     class _Epochs:  # every pass over the loader is an epoch of the skip report
@@ -135,10 +158,24 @@ def _train(args: argparse.Namespace) -> int:
             return report.epoch(loader)
 
     print(f"{args.stage}: {len(dataset)} samples, {data}, {plan}", flush=True)
-    losses = train(model, _Epochs(), plan, steps=args.steps, micro_batches_per_epoch=len(loader))
+    checkpoints = Path(args.out) / "checkpoints"
+    losses = train(
+        model,
+        _Epochs(),
+        plan,
+        steps=args.steps,
+        micro_batches_per_epoch=len(loader),
+        precision=precision,
+        checkpoint_dir=checkpoints if args.checkpoint_every or args.resume else None,
+        checkpoint_every=args.checkpoint_every,
+        keep=args.keep_checkpoints,
+        resume=args.resume,
+    )
     out = model.save_pretrained(args.out)
     log = {
         "stage": args.stage,
+        "precision": precision,
+        "seed": args.seed,
         "recipe": plan.to_dict(),
         "data": data.to_dict(),
         "losses": losses,
@@ -477,7 +514,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr-init", type=float)
     p.add_argument("--lr-final", type=float)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", choices=sorted(DTYPES), help="parameter dtype (default fp32)")
+    p.add_argument(
+        "--dtype",
+        choices=sorted(DTYPES),
+        help="compute dtype (default fp32); bf16: bf16 autocast with fp32 master weights; fp16 is refused",
+    )
+    p.add_argument(
+        "--pure-bf16",
+        action="store_true",
+        help="with --dtype bf16: bf16 weights stepped directly, no fp32 master copy (small updates are lost)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seeds initialisation and the data order (default 0)")
+    p.add_argument("--checkpoint-every", type=int, help="write a training checkpoint every N steps to OUT/checkpoints")
+    p.add_argument("--keep-checkpoints", type=int, default=3, help="training checkpoints kept (default 3)")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="go on from the newest checkpoint in OUT/checkpoints (same arguments; starts afresh if none)",
+    )
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     p.add_argument("--on-bad-sample", choices=["raise", "skip"], default="raise")
     p.set_defaults(run=_train)

@@ -3,20 +3,28 @@
 - ``recipe(stage, size)`` / ``TrainRecipe``: optimisation hyper-parameters of a stage, and
   ``TrainRecipe.data_for(model.data_config)``: the stage's prompt mode and context length.
 - ``configure_stage`` / ``set_trainable``: which parameters train.
-- ``train(model, loader, plan)``: AdamW, cosine schedule, clipping, exact gradient accumulation.
+- ``train(model, loader, plan)``: AdamW, cosine schedule, clipping, exact gradient accumulation; ``precision``
+  (``PRECISIONS``: fp32, bf16 autocast over fp32 master weights, pure bf16) and training checkpoints with exact
+  resume (``checkpoint_dir=``, ``resume=``; ``latest_checkpoint`` / ``load_checkpoint``).
 - ``make_dataset`` / ``data_loader``: LLaVA data built from a ``DataConfig``.
 """
 
+from .checkpoint import TrainCheckpoint, latest_checkpoint, load_checkpoint
 from .data import data_loader, make_dataset, make_prompt_builder, make_tokenizer
-from .loop import micro_batch_weight, train
+from .loop import PRECISIONS, TrainingInterrupted, micro_batch_weight, train
 from .recipes import TrainRecipe, recipe
 from .stages import STAGES, configure_stage, set_trainable, trainable_parameter_names
 
 __all__ = [
+    "PRECISIONS",
     "STAGES",
+    "TrainCheckpoint",
     "TrainRecipe",
+    "TrainingInterrupted",
     "configure_stage",
     "data_loader",
+    "latest_checkpoint",
+    "load_checkpoint",
     "make_dataset",
     "make_prompt_builder",
     "make_tokenizer",

@@ -8,8 +8,13 @@ batch-level loss (a mean over tokens).
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import math
+import os
+import signal
+import threading
 from collections.abc import Iterable, Iterator, Mapping
 
 import torch
@@ -19,12 +24,27 @@ from rwkvblocks.losses import IGNORE_INDEX
 from rwkvblocks.prompting import SkipReport
 
 from ..models.visualrwkv import VisualRWKV
+from .checkpoint import latest_checkpoint, load_checkpoint, rng_states, save_checkpoint, set_rng_states
 from .recipes import TrainRecipe
 from .stages import configure_stage
 
-__all__ = ["micro_batch_weight", "train"]
+__all__ = ["PRECISIONS", "TrainingInterrupted", "micro_batch_weight", "train"]
 
 logger = logging.getLogger(__name__)
+
+PRECISIONS = ("fp32", "bf16-autocast", "bf16-pure")
+"""``train``'s precisions: ``"fp32"`` (compute in the parameters' own dtype, fp32 or fp64), ``"bf16-autocast"``
+(fp32 master weights and optimiser state, the forward under bf16 autocast: mixed precision as the paper trains),
+``"bf16-pure"`` (bf16 parameters stepped directly, no fp32 master copy: updates smaller than a bf16 ulp of a weight
+are lost, so at stage-2 learning rates most weights never change; only for memory-bound experiments)."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM stopped ``train`` after it wrote a checkpoint (``checkpoint``: its directory)."""
+
+    def __init__(self, checkpoint: os.PathLike | None, signum: int):
+        super().__init__(f"training stopped by signal {signum}; checkpoint {checkpoint}")
+        self.checkpoint, self.signum = checkpoint, signum
 
 
 def _to(batch: Mapping, device: torch.device) -> dict:
@@ -71,6 +91,58 @@ class _Reported:
         return self.report.epoch(self.loader)
 
 
+def _precision(params: list[torch.nn.Parameter], precision: str | None) -> str:
+    """``precision`` checked against the trainable parameters' dtypes (``None``: ``"fp32"``)."""
+    dtypes = {p.dtype for p in params}
+    if torch.float16 in dtypes:
+        raise ValueError(
+            "fp16 parameters: training in fp16 needs a gradient scaler, which train() does not have (the loss "
+            "under- or overflows to NaN); keep the parameters fp32 and use precision='bf16-autocast'"
+        )
+    if precision is None:
+        if torch.bfloat16 in dtypes:
+            raise ValueError(
+                "bf16 parameters: keep the parameters fp32 and use precision='bf16-autocast' (fp32 master "
+                "weights), or pass precision='bf16-pure' to step the bf16 weights directly (small updates are lost)"
+            )
+        precision = "fp32"
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "bf16-pure" and dtypes != {torch.bfloat16}:
+        raise ValueError(f"precision='bf16-pure' needs bf16 trainable parameters, got {sorted(map(str, dtypes))}")
+    if precision != "bf16-pure" and not dtypes <= {torch.float32, torch.float64}:
+        raise ValueError(
+            f"precision={precision!r} needs fp32 (or fp64) trainable parameters as master weights, "
+            f"got {sorted(map(str, dtypes))}"
+        )
+    return precision
+
+
+class _StopSignals:
+    """While active (main thread only), SIGINT and SIGTERM only set ``received``; the loop checkpoints and stops."""
+
+    def __init__(self, active: bool):
+        self.active = active and threading.current_thread() is threading.main_thread()
+        self.received: int | None = None
+        self._old: dict[int, object] = {}
+
+    def __enter__(self) -> _StopSignals:
+        if self.active:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.received is not None:  # a second signal: stop at once
+            raise KeyboardInterrupt
+        self.received = signum
+        logger.warning("signal %d: writing a checkpoint after this step, then stopping", signum)
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)  # type: ignore[arg-type]
+
+
 def train(
     model: VisualRWKV,
     loader: Iterable[Mapping],
@@ -81,6 +153,12 @@ def train(
     progress: bool = True,
     description: str | None = None,
     skip_report: SkipReport | None = None,
+    precision: str | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
+    checkpoint_every: int | None = None,
+    keep: int | None = 3,
+    resume: bool = False,
+    stop_at: int | None = None,
 ) -> list[float]:
     """Run one stage: set the trainable parameters, then AdamW with a cosine schedule and clipping.
 
@@ -95,9 +173,29 @@ def train(
         skip_report: Counts the skipped (and kept truncated) samples of every batch the run consumes, each
             pass over ``loader`` one of its epochs; the whole run's summary is logged at the end (a warning
             when anything was skipped or truncated). Leave it out when ``loader`` already reports.
+        precision: One of ``PRECISIONS``. ``"fp32"`` (the default for fp32/fp64 parameters): no autocast.
+            ``"bf16-autocast"``: the trainable parameters and AdamW's state stay fp32 (master weights), the
+            forward runs under ``torch.autocast(device_type, torch.bfloat16)``, the backward outside it.
+            ``"bf16-pure"``: bf16 parameters stepped directly (the old ``--dtype bf16``; tiny updates vanish),
+            only when asked for. fp16 parameters are refused (no gradient scaler); so is a bf16 model without
+            an explicit precision. A non-finite loss stops the run (``ValueError``) before the weights are stepped.
+        checkpoint_dir: Write training checkpoints here (``checkpoint.py``): every ``checkpoint_every`` steps,
+            at the end, at ``stop_at`` and on SIGINT/SIGTERM (the loop then raises ``TrainingInterrupted``).
+        checkpoint_every: Steps between checkpoints (``None``: only at the end, ``stop_at`` and on a signal).
+        keep: Keep the newest ``keep`` checkpoints (``None``: all).
+        resume: Go on from the newest checkpoint in ``checkpoint_dir`` (start afresh when there is none): the
+            trainable weights, optimiser, scheduler and RNG states are restored and the micro-batches it had
+            consumed are drawn from ``loader`` again and dropped. The result is exactly that of an uninterrupted
+            run only if ``loader`` yields the same sequence again: a fixed order, or shuffling with its own
+            seeded generator (``DataLoader(..., generator=torch.Generator().manual_seed(s))``), not the global
+            RNG; and the frozen weights must be the same as built for the first run. The recipe, ``steps``,
+            precision and trainable set must match the checkpoint's (``ValueError`` otherwise).
+        stop_at: Stop after optimiser step ``stop_at`` of ``steps`` (the schedule still spans ``steps``),
+            writing a checkpoint when ``checkpoint_dir`` is set; resume later to finish.
 
     Returns:
-        The loss of every optimiser step (that of its whole accumulated batch).
+        The loss of every optimiser step so far (that of its whole accumulated batch), including those run
+        before a resume.
     """
     from tqdm import tqdm
 
@@ -106,31 +204,104 @@ def train(
         if micro_batches_per_epoch is None:
             micro_batches_per_epoch = len(loader)  # type: ignore[arg-type]
         steps = max(1, math.ceil(plan.epochs * micro_batches_per_epoch / accumulation))
+    if checkpoint_every is not None and checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be a positive int, got {checkpoint_every!r}")
+    if resume and checkpoint_dir is None:
+        raise ValueError("resume=True needs a checkpoint_dir")
+    end = steps if stop_at is None else min(stop_at, steps)
     configure_stage(model, plan.stage)
-    params = [p for p in model.parameters() if p.requires_grad]
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    params = [p for _, p in named]
+    precision = _precision(params, precision)
     opt = torch.optim.AdamW(params, lr=plan.lr_init, betas=plan.betas, eps=plan.eps, weight_decay=plan.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps, eta_min=plan.lr_final)
     device = next(model.lm.parameters()).device
+    meta = {
+        "recipe": json.loads(json.dumps(plan.to_dict())),
+        "steps": steps,
+        "precision": precision,
+        "trainable": [n for n, _ in named],
+    }
+    done, consumed, losses, restored_rng = 0, 0, [], None
+    found = latest_checkpoint(checkpoint_dir) if resume and checkpoint_dir is not None else None
+    if found is not None:
+        ckpt = load_checkpoint(found)
+        for key, value in meta.items():
+            if ckpt.meta.get(key) != value:
+                theirs = ckpt.meta.get(key)
+                raise ValueError(f"cannot resume from {found}: its {key} is {theirs!r}, this run's {value!r}")
+        with torch.no_grad():
+            for name, p in named:
+                p.copy_(ckpt.weights[name])
+        opt.load_state_dict(ckpt.state["optimizer"])
+        sched.load_state_dict(ckpt.state["scheduler"])
+        done, consumed, losses, restored_rng = ckpt.step, ckpt.consumed, list(ckpt.losses), ckpt.state["rng"]
+        logger.info("resuming from %s: step %d of %d, %d micro-batches consumed", found, done, steps, consumed)
+    elif resume:
+        logger.info("no checkpoint in %s: starting afresh", checkpoint_dir)
+
+    def checkpoint() -> os.PathLike | None:
+        if checkpoint_dir is None:
+            return None
+        state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": rng_states(device)}
+        weights = dict(named)
+        return save_checkpoint(
+            checkpoint_dir,
+            step=done,
+            consumed=consumed,
+            losses=losses,
+            weights=weights,
+            state=state,
+            meta=meta,
+            keep=keep,
+        )
+
+    autocast = (
+        (lambda: torch.autocast(device.type, dtype=torch.bfloat16))
+        if precision == "bf16-autocast"
+        else contextlib.nullcontext
+    )
     model.train()
-    losses: list[float] = []
     micro = _micro_batches(loader if skip_report is None else _Reported(loader, skip_report), steps * accumulation)
-    with tqdm(total=steps, desc=description or f"stage {plan.stage}", unit="step", disable=not progress) as bar:
-        for _ in range(steps):
+    for _ in range(consumed):  # the data the checkpointed run had consumed: drawn again and dropped
+        next(micro)
+    if restored_rng is not None:  # after the replay, so a loader drawing from the global RNG cannot shift it
+        set_rng_states(restored_rng)
+    label = description or f"stage {plan.stage}"
+    with (
+        _StopSignals(checkpoint_dir is not None) as signals,
+        tqdm(total=steps, initial=done, desc=label, unit="step", disable=not progress) as bar,
+    ):
+        while done < end:
             opt.zero_grad(set_to_none=True)
             batches = [next(micro) for _ in range(accumulation)]
             weights = [micro_batch_weight(model.loss_fn, b) for b in batches]
             whole = max(sum(weights), 1)
             parts = []
             for batch, weight in zip(batches, weights):
-                loss = model.forward_batch(_to(batch, device)).loss * (weight / whole)
+                with autocast():
+                    out = model.forward_batch(_to(batch, device))
+                loss = out.loss.to(torch.promote_types(out.loss.dtype, torch.float32)) * (weight / whole)
                 loss.backward()
                 parts.append(loss.detach())
+            step_loss = torch.stack(parts).sum().item()  # one host read per optimiser step, for the log
+            if not math.isfinite(step_loss):
+                raise ValueError(
+                    f"the loss is {step_loss} at step {done + 1} (precision {precision!r}); the weights were not "
+                    f"stepped with it"
+                )
             torch.nn.utils.clip_grad_norm_(params, plan.grad_clip)
             opt.step()
             sched.step()
-            losses.append(torch.stack(parts).sum().item())  # one host read per optimiser step, for the log
-            bar.set_postfix(loss=f"{losses[-1]:.3f}", lr=f"{sched.get_last_lr()[0]:.2e}")
+            done, consumed = done + 1, consumed + accumulation
+            losses.append(step_loss)
+            bar.set_postfix(loss=f"{step_loss:.3f}", lr=f"{sched.get_last_lr()[0]:.2e}")
             bar.update()
+            if signals.received is not None:
+                raise TrainingInterrupted(checkpoint(), signals.received)
+            if checkpoint_every is not None and done % checkpoint_every == 0 and done < end:
+                checkpoint()
+        checkpoint()  # at the end (or at stop_at)
     model.eval()
     if skip_report is not None:
         bad = skip_report.skipped or skip_report.truncated
