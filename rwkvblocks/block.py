@@ -84,19 +84,34 @@ class RWKVBlock(nn.Module):
             raise ValueError(f"block {self.layer_idx}: {err}") from None
 
     def forward(
-        self, x: Tensor, state: RWKVBlockState | None = None, context: dict[str, Any] | None = None
+        self,
+        x: Tensor,
+        state: RWKVBlockState | None = None,
+        context: dict[str, Any] | None = None,
+        cu_seqlens: Tensor | None = None,
     ) -> tuple[Tensor, RWKVBlockState]:
+        """``cu_seqlens`` `[N+1]`: N sequences packed along T (B = 1, ``state`` ``None``), each computed as if
+        alone (``att`` and ``ffn`` restart their token shift and WKV at every sequence). A block with
+        ``tiny_att`` refuses packing: its attention is not masked per sequence."""
         if x.dim() != 3 or x.shape[-1] != self.dim:
             raise ValueError(f"RWKVBlock {self.layer_idx}: x must be [B, T, {self.dim}], got {tuple(x.shape)}")
+        packed = {}
+        if cu_seqlens is not None:
+            if self.tiny_att is not None:
+                raise ValueError(
+                    f"RWKVBlock {self.layer_idx}: packed sequences (cu_seqlens) are not supported with tiny_att "
+                    "(VisualRWKV-Hybrid): its attention would read across sequences; use a padded batch"
+                )
+            packed = {"cu_seqlens": cu_seqlens}
         if self.ln0 is not None:
             x = self.ln0(x)
         att_state = None if state is None else (state.att_shift, state.wkv)
         if self._att_takes_context:
-            y, (att_shift, wkv) = self.att(self.ln1(x), att_state, context=context)
+            y, (att_shift, wkv) = self.att(self.ln1(x), att_state, context=context, **packed)
         else:
-            y, (att_shift, wkv) = self.att(self.ln1(x), att_state)
+            y, (att_shift, wkv) = self.att(self.ln1(x), att_state, **packed)
         x = x + y
-        y, ffn_shift = self.ffn(self.ln2(x), None if state is None else state.ffn_shift)
+        y, ffn_shift = self.ffn(self.ln2(x), None if state is None else state.ffn_shift, **packed)
         x = x + y
         kv = None
         if self.tiny_att is not None:

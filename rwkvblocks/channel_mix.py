@@ -7,6 +7,7 @@ from torch import Tensor, nn
 
 from ._init import CHANNEL_MIX_RAMPS, layer_ratios, orthogonal_, reset_injected
 from .token_shift import TokenShift
+from .token_shift import _run_shift as _shift
 
 __all__ = ["ChannelMix", "ffn_dim"]
 
@@ -131,8 +132,11 @@ class ChannelMix(nn.Module):
             got = tuple(state.shape) if isinstance(state, Tensor) else type(state).__name__
             raise ValueError(f"state.ffn_shift must have shape [B, {self.dim}] with B = {batch_size}, got {got}")
 
-    def forward(self, x: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        mixed, new_shift = self.token_shift(x, state)
+    def forward(
+        self, x: Tensor, state: Tensor | None = None, cu_seqlens: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """``cu_seqlens`` `[N+1]` (packed sequences, B = 1): the token shift restarts at each sequence."""
+        mixed, new_shift = _shift(self.token_shift, x, state, cu_seqlens)
         inputs = dict(zip(self.token_shift.names, mixed))
         k = torch.relu(self.key(inputs["k"])).square()
         return torch.sigmoid(self.receptance(inputs["r"])) * self.value(k), new_shift

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 
 import torch
@@ -13,6 +14,14 @@ from .scan import ScanPlan
 from .state import RWKVState, split_block_output, takes_context
 
 __all__ = ["RWKVLanguageModel"]
+
+
+def _takes(module: nn.Module, name: str) -> bool:
+    """Whether ``module.forward`` declares a parameter ``name``."""
+    try:
+        return name in inspect.signature(module.forward).parameters
+    except (TypeError, ValueError):  # builtins without a signature
+        return False
 
 
 class RWKVLanguageModel(nn.Module):
@@ -38,6 +47,14 @@ class RWKVLanguageModel(nn.Module):
         A whole sequence at once (parallel) and token by token with the carried state
         (recurrent) give the same logits and states.
 
+    Packing: ``cu_seqlens=`` `[N+1]` int32/int64 offsets (0, ..., T) of N samples packed into one row `[1, T]`
+    (the WKV ops' convention). Every sample is computed exactly as if alone from the empty state: each
+    block's token shifts read zeros at a sample's first position and the WKV restarts there. The returned
+    state is then ``None`` (a row of several samples has no one state to continue), and ``state`` must be
+    ``None``. Every block must take ``cu_seqlens`` (``RWKVBlock`` does, unless it has ``tiny_att``); any
+    other block is refused. A scan plan works unchanged as long as no image span crosses a sample boundary
+    (the plan permutes positions inside spans only).
+
     Reference: BlinkDL RWKV-LM x052 / x060 / x070 (DESIGN.md §4, §15), checked against the ``rwkv`` package.
     Builders and checkpoint loading: ``assemblies.build_rwkv_lm``, ``assemblies.load_blinkdl``.
     """
@@ -58,6 +75,7 @@ class RWKVLanguageModel(nn.Module):
         self.head = head
         self.vocab_size, self.dim = emb.weight.shape
         self._takes_context = tuple(takes_context(block) for block in self.blocks)
+        self._takes_cu_seqlens = tuple(_takes(block, "cu_seqlens") for block in self.blocks)
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
@@ -111,11 +129,13 @@ class RWKVLanguageModel(nn.Module):
         *,
         embeds: Tensor | None = None,
         scan: ScanPlan | None = None,
-    ) -> tuple[Tensor, RWKVState]:
+        cu_seqlens: Tensor | None = None,
+    ) -> tuple[Tensor, RWKVState | None]:
         """The hidden states after ``ln_out`` `[B, T, C]` (what the head reads) and the new state.
 
         ``scan`` (from ``ScanPermuter.plan``) makes block ``i`` read each image's patch span in the
         schedule's direction for layer ``i``; the residual stream stays in raster order between blocks.
+        ``cu_seqlens`` packs samples into one row (see the class docstring); the state returned is then ``None``.
         """
         if (tokens is None) == (embeds is None):
             raise ValueError("pass exactly one of tokens [B, T] or embeds [B, T, C]")
@@ -134,17 +154,21 @@ class RWKVLanguageModel(nn.Module):
             raise ValueError("the sequence is empty (T = 0)")
         if state is not None:
             self._check_state(state, B)
+        if cu_seqlens is not None:
+            cu_seqlens = self._check_packing(cu_seqlens, state, B, x.device)
         layers = state.layers if state is not None else (None,) * len(self.blocks)
         context: dict = {}  # values one block hands to later ones during this forward (RWKV-7: v_first)
         new_layers = []
         for i, (block, layer_state) in enumerate(zip(self.blocks, layers)):
             kwargs = {"context": context} if self._takes_context[i] else {}
+            if cu_seqlens is not None:
+                kwargs["cu_seqlens"] = cu_seqlens
             if scan is None:
                 x, layer_state = split_block_output(block(x, layer_state, **kwargs), f"block {i}")
             else:
                 x, layer_state = scan.apply(block, x, layer_state, i, **kwargs)
             new_layers.append(layer_state)
-        return self.ln_out(x), RWKVState(tuple(new_layers))
+        return self.ln_out(x), None if cu_seqlens is not None else RWKVState(tuple(new_layers))
 
     def forward(
         self,
@@ -154,18 +178,40 @@ class RWKVLanguageModel(nn.Module):
         embeds: Tensor | None = None,
         scan: ScanPlan | None = None,
         logits_to_keep: int | None = None,
-    ) -> tuple[Tensor, RWKVState]:
+        cu_seqlens: Tensor | None = None,
+    ) -> tuple[Tensor, RWKVState | None]:
         """Logits and the new state; ``logits_to_keep=n`` computes only the last ``n`` positions.
 
         Prefilling a prompt needs only the last position's logits (``logits_to_keep=1``), which
         skips ``T - 1`` head projections — the head is the largest matrix in small models.
+        ``cu_seqlens`` `[N+1]`: N samples packed into the row `[1, T]`, each computed as if alone; the
+        logits are per position `[1, T, V]` and the state returned is ``None`` (see the class docstring).
         """
-        hidden, state = self.features(tokens, state, embeds=embeds, scan=scan)
+        hidden, state = self.features(tokens, state, embeds=embeds, scan=scan, cu_seqlens=cu_seqlens)
         if logits_to_keep is not None:
             if logits_to_keep < 1:
                 raise ValueError(f"logits_to_keep must be >= 1 or None, got {logits_to_keep}")
             hidden = hidden[:, -logits_to_keep:]
         return self.head(hidden), state
+
+    def _check_packing(self, cu_seqlens: Tensor, state: RWKVState | None, batch_size: int, device) -> Tensor:
+        """Structure only (the WKV ops check the values where that reads no device); on ``device``."""
+        if not isinstance(cu_seqlens, Tensor) or cu_seqlens.dtype not in (torch.int32, torch.int64):
+            raise ValueError("cu_seqlens must be an int32 or int64 tensor [N+1] of sample offsets")
+        if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2:
+            raise ValueError(f"cu_seqlens must be 1-D [N+1] with N >= 1, got shape {tuple(cu_seqlens.shape)}")
+        if batch_size != 1:
+            raise ValueError(f"with cu_seqlens the samples are packed into one row and B must be 1, got B={batch_size}")
+        if state is not None:
+            raise ValueError("packed samples (cu_seqlens) each start from the empty state: pass state=None")
+        refused = [i for i, ok in enumerate(self._takes_cu_seqlens) if not ok]
+        if refused:
+            names = ", ".join(f"{i} ({type(self.blocks[i]).__name__})" for i in refused)
+            raise ValueError(
+                f"packed samples (cu_seqlens) need every block to take cu_seqlens; block(s) {names} do not, "
+                "and would mix the samples"
+            )
+        return cu_seqlens.to(device)
 
     def _check_state(self, state: RWKVState, batch_size: int) -> None:
         """Structure and shapes only: nothing here reads a tensor's values."""

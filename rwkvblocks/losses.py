@@ -17,6 +17,12 @@ recomputing backward, gradient written in the logits' dtype). Optional ``l2wrap`
 "L2Wrap" gradient (``1e-4 / (B*N) * max logit`` at each of the N predicting positions' arg-max logit,
 N = T-1 shifted and T not; the value of the loss is unchanged).
 
+Packed rows (``cu_seqlens=`` `[N+1]` offsets of N samples packed into one row `[1, T]`, as
+``RWKVLanguageModel(..., cu_seqlens=)`` takes them): both losses treat each packed sample as a sample. No
+position predicts across a boundary (the last position of sample i does not predict the first label of
+sample i + 1), and ``SampleLevelCE`` averages within each sample, then over the N samples: a packed row
+gives the loss of the same samples in a padded batch.
+
 Label checks (ids in ``[0, V)`` or ``ignore_index``) read values, so they follow
 ``rwkvblocks.ops.check_values``: by default they run on CPU labels only (no device sync), outside
 ``torch.compile``; ``validate=True`` runs them everywhere, ``validate=False`` never.
@@ -117,6 +123,23 @@ class _NextTokenCE(nn.Module):
     def _targets(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         return _targets(logits, labels, self.ignore_index, self.shift, self.validate)
 
+    def _segments(self, valid: Tensor, cu_seqlens: Tensor, seq_len: int) -> tuple[Tensor, Tensor, int]:
+        """Packed row: (``valid`` without the predictions across a boundary, the sample of each target `[N']`, N)."""
+        if valid.shape[0] != 1:
+            raise ValueError(
+                f"with cu_seqlens the samples are packed into one row and B must be 1, got {valid.shape[0]}"
+            )
+        if cu_seqlens.dtype not in (torch.int32, torch.int64) or cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2:
+            raise ValueError(
+                f"cu_seqlens must be int32/int64 [N+1] with N >= 1, got {cu_seqlens.dtype} {cu_seqlens.shape}"
+            )
+        cu = cu_seqlens.to(valid.device, torch.long)
+        position = torch.arange(int(self.shift), seq_len, device=valid.device)  # the label each target is
+        if self.shift:
+            starts = torch.zeros(seq_len + 1, dtype=torch.bool, device=valid.device).index_fill(0, cu[:-1], True)
+            valid = valid & ~starts[1:seq_len].unsqueeze(0)
+        return valid, torch.searchsorted(cu[1:], position, right=True), cu.numel() - 1
+
     def extra_repr(self) -> str:
         return f"ignore_index={self.ignore_index}, l2wrap={self.l2wrap}, shift={self.shift}"
 
@@ -133,7 +156,9 @@ class SampleLevelCE(_NextTokenCE):
             sync, not under ``torch.compile``), ``True`` always, ``False`` never.
 
     Shapes:
-        forward(logits `[B, T, V]`, labels `[B, T]`) -> scalar fp32.
+        forward(logits `[B, T, V]`, labels `[B, T]`, cu_seqlens `[N+1]` or None) -> scalar fp32. With
+        ``cu_seqlens`` (B = 1) the row holds N packed samples, each a sample of the mean (see the module
+        docstring).
 
     Reference: ``torch.nn.functional.cross_entropy`` per sample. Backends: those of
     ``rwkvblocks.ops.weighted_cross_entropy``.
@@ -146,8 +171,13 @@ class SampleLevelCE(_NextTokenCE):
         torch.Size([])
     """
 
-    def forward(self, logits: Tensor, labels: Tensor) -> Tensor:
+    def forward(self, logits: Tensor, labels: Tensor, cu_seqlens: Tensor | None = None) -> Tensor:
         targets, valid = self._targets(logits, labels)
+        if cu_seqlens is not None:
+            valid, sample, n = self._segments(valid, cu_seqlens, logits.shape[1])
+            ones = valid.to(_accumulation(logits))
+            per_sample = ones.new_zeros(n).index_add_(0, sample, ones[0]).clamp_min(1)
+            return _weighted_ce(logits, targets, valid, ones / (per_sample[sample] * n), self.l2wrap)
         ones = valid.to(_accumulation(logits))  # weights in the accumulation dtype: 1/n is not exact in fp32
         per_sample = ones.sum(1, keepdim=True).clamp_min(1)
         return _weighted_ce(logits, targets, valid, ones / (per_sample * valid.shape[0]), self.l2wrap)
@@ -160,13 +190,16 @@ class BatchLevelCE(_NextTokenCE):
         ignore_index, l2wrap, shift, validate: As ``SampleLevelCE``.
 
     Shapes:
-        forward(logits `[B, T, V]`, labels `[B, T]`) -> scalar fp32 (0 when no token is valid).
+        forward(logits `[B, T, V]`, labels `[B, T]`, cu_seqlens `[N+1]` or None) -> scalar fp32 (0 when no
+        token is valid). With ``cu_seqlens`` (B = 1) no position predicts across a packed sample's boundary.
 
     Reference: ``torch.nn.functional.cross_entropy``. Backends: those of
     ``rwkvblocks.ops.weighted_cross_entropy``.
     """
 
-    def forward(self, logits: Tensor, labels: Tensor) -> Tensor:
+    def forward(self, logits: Tensor, labels: Tensor, cu_seqlens: Tensor | None = None) -> Tensor:
         targets, valid = self._targets(logits, labels)
+        if cu_seqlens is not None:
+            valid = self._segments(valid, cu_seqlens, logits.shape[1])[0]
         ones = valid.to(_accumulation(logits))
         return _weighted_ce(logits, targets, valid, ones / ones.sum().clamp_min(1), self.l2wrap)

@@ -16,6 +16,7 @@ from ._init import TIME_MIX_RAMPS, decay_ramp, fill_, layer_ratios, orthogonal_,
 from .ops import wkv5, wkv6
 from .state import TimeMixState
 from .token_shift import DataDependentTokenShift, TokenShift
+from .token_shift import _run_shift as _shift
 
 __all__ = ["DataDependentDecay", "StaticDecay", "TimeMix"]
 
@@ -266,11 +267,16 @@ class TimeMix(nn.Module):
         _check_shape("shift", state[0], (batch_size, self.dim))
         _check_shape("wkv", state[1], (batch_size, H, K, K))
 
-    def forward(self, x: Tensor, state: TimeMixState | None = None) -> tuple[Tensor, TimeMixState]:
+    def forward(
+        self, x: Tensor, state: TimeMixState | None = None, cu_seqlens: Tensor | None = None
+    ) -> tuple[Tensor, TimeMixState]:
+        """``cu_seqlens`` `[N+1]`: N sequences packed along T (B = 1, ``state`` ``None``), each run as if alone:
+        the token shift and the WKV restart at every sequence; the WKV state returned is then `[N, H, K, K]`."""
         if x.dim() != 3 or x.shape[-1] != self.dim:
             raise ValueError(f"TimeMix: x must have shape [B, T, {self.dim}], got {tuple(x.shape)}")
+        _check_packing(x, state, cu_seqlens, "TimeMix")
         shift_state, wkv_state = (None, None) if state is None else state
-        mixed, new_shift = self.token_shift(x, shift_state)
+        mixed, new_shift = _shift(self.token_shift, x, shift_state, cu_seqlens)
         inputs = dict(zip(self.token_shift.names, mixed))
         B, T, C = x.shape
         H, K = self.num_heads, self.head_dim
@@ -281,7 +287,7 @@ class TimeMix(nn.Module):
         w = self.decay(inputs.get(self.decay.input_name) if self.decay.input_name else None)
         u = self.time_faaaa.to(_accumulation(x.dtype))
         wkv = wkv5 if w.dim() == 2 else wkv6
-        y, new_wkv = wkv(r, k, v, w, u, wkv_state)
+        y, new_wkv = wkv(r, k, v, w, u, wkv_state, cu_seqlens=cu_seqlens)
         acc = _accumulation(x.dtype)  # GroupNorm in fp32 for low-precision models, as upstream
         norm = self.ln_x
         y = F.group_norm(y.reshape(B * T, C).to(acc), H, norm.weight.to(acc), norm.bias.to(acc), norm.eps)
@@ -295,6 +301,15 @@ class TimeMix(nn.Module):
 def _accumulation(dtype: torch.dtype) -> torch.dtype:
     """Decays, the bonus and GroupNorm run in fp32 (fp64 for fp64 models)."""
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _check_packing(x: Tensor, state, cu_seqlens: Tensor | None, owner: str) -> None:
+    if cu_seqlens is None:
+        return
+    if state is not None:
+        raise ValueError(f"{owner}: packed sequences (cu_seqlens) start from the empty state; pass state=None")
+    if x.shape[0] != 1:
+        raise ValueError(f"{owner}: with cu_seqlens the sequences are packed along T and B must be 1, got {x.shape[0]}")
 
 
 def _check_shape(name: str, t: Tensor, want: tuple[int, ...]) -> None:

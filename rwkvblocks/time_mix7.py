@@ -16,8 +16,9 @@ from torch import Tensor, nn
 from ._init import fill_, layer_ratios, orthogonal_, reset_injected
 from .ops import wkv7
 from .state import TimeMixState
-from .time_mix import GROUP_NORM_EPS, _accumulation, _check_shape, _heads
+from .time_mix import GROUP_NORM_EPS, _accumulation, _check_packing, _check_shape, _heads
 from .token_shift import TokenShift
+from .token_shift import _run_shift as _shift
 
 __all__ = ["TIME_MIX7_RAMPS", "TimeMix7"]
 
@@ -221,12 +222,20 @@ class TimeMix7(nn.Module):
         _check_shape("wkv", state[1], (batch_size, H, K, K))
 
     def forward(
-        self, x: Tensor, state: TimeMixState | None = None, context: dict[str, Any] | None = None
+        self,
+        x: Tensor,
+        state: TimeMixState | None = None,
+        context: dict[str, Any] | None = None,
+        cu_seqlens: Tensor | None = None,
     ) -> tuple[Tensor, TimeMixState]:
+        """``cu_seqlens`` `[N+1]`: N sequences packed along T (B = 1, ``state`` ``None``), each run as if alone:
+        the token shift and the WKV restart at every sequence (``v_first`` is per position, so it needs nothing);
+        the WKV state returned is then `[N, H, V, K]`."""
         if x.dim() != 3 or x.shape[-1] != self.dim:
             raise ValueError(f"TimeMix7: x must have shape [B, T, {self.dim}], got {tuple(x.shape)}")
+        _check_packing(x, state, cu_seqlens, "TimeMix7")
         shift_state, wkv_state = (None, None) if state is None else state
-        mixed, new_shift = self.token_shift(x, shift_state)
+        mixed, new_shift = _shift(self.token_shift, x, shift_state, cu_seqlens)
         inputs = dict(zip(self.token_shift.names, mixed))
         xr, xw, xk, xv, xa, xg = (inputs[n] for n in MIX_NAMES)
         B, T, C = x.shape
@@ -255,7 +264,7 @@ class TimeMix7(nn.Module):
         kk = F.normalize((k * self.k_k).view(B, T, H, K), dim=-1, p=2.0, eps=KK_EPS)
         k = k * (1 + (a - 1) * self.k_a)
         r, k, v, a = (t.view(B, T, H, K) for t in (r, k, v, a))
-        y, new_wkv = wkv7(r, w.view(B, T, H, K), k, v, -kk, kk * a, wkv_state)
+        y, new_wkv = wkv7(r, w.view(B, T, H, K), k, v, -kk, kk * a, wkv_state, cu_seqlens=cu_seqlens)
         norm = self.ln_x  # GroupNorm in fp32 for low-precision models, as upstream
         y = F.group_norm(y.reshape(B * T, C).to(acc), H, norm.weight.to(acc), norm.bias.to(acc), norm.eps)
         y = y.view(B, T, H, K).to(x.dtype) + (r * k * self.r_k).sum(-1, keepdim=True) * v

@@ -10,11 +10,16 @@ to continue the sequence. With ``x_prev[t] = x[t-1]`` (``x_prev[0]`` = state or 
 - ``DataDependentTokenShift`` (RWKV-6 "ddlerp"):
   ``x_n = x + xx * (mix_n + tanh((x + xx * mix_x) @ lora_a)_n @ lora_b[n])``.
 
+Packed sequences (``cu_seqlens``, `[N+1]` offsets of N sequences packed along T with B = 1, as the WKV ops
+take them): ``x_prev`` is zero (the empty state) at each sequence's first position, so no token reads the
+previous sequence's last one; ``state`` must then be ``None``.
+
 The exact formulas and initialisation follow DESIGN.md §4 (BlinkDL x052 / x060).
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping, Sequence
 from typing import Literal
 
@@ -23,20 +28,49 @@ from torch import Tensor, nn
 
 from ._init import fill_, mix_ramp, uniform_
 
-__all__ = ["DataDependentTokenShift", "TokenShift", "shift_tokens"]
+__all__ = ["DataDependentTokenShift", "TokenShift", "sequence_starts", "shift_tokens"]
 
 
-def shift_tokens(x: Tensor, state: Tensor | None) -> Tensor:
+def sequence_starts(cu_seqlens: Tensor, seq_len: int) -> Tensor:
+    """`[T]` bool: ``True`` at the first position of every packed sequence (no device-to-host copy).
+
+    ``cu_seqlens`` `[N+1]` int32/int64 offsets (start 0, end T, non-decreasing: empty sequences allowed).
+    """
+    starts = torch.zeros(seq_len + 1, dtype=torch.bool, device=cu_seqlens.device)
+    return starts.index_fill(0, cu_seqlens[:-1].long(), True)[:seq_len]
+
+
+def shift_tokens(x: Tensor, state: Tensor | None, cu_seqlens: Tensor | None = None) -> Tensor:
     """The previous token of every position: ``x_prev[:, t] = x[:, t-1]``, ``x_prev[:, 0] = state``.
 
+    With ``cu_seqlens`` (packed sequences, B = 1, ``state`` ``None``) ``x_prev`` is zero at every sequence's
+    first position.
+
     Shapes:
-        x: `[B, T, C]`; state: `[B, C]` or ``None`` (zeros). Returns `[B, T, C]`.
+        x: `[B, T, C]`; state: `[B, C]` or ``None`` (zeros); cu_seqlens: `[N+1]`. Returns `[B, T, C]`.
     """
     B, T, C = x.shape
     first = x.new_zeros(B, 1, C) if state is None else state.unsqueeze(1).to(x.dtype)
-    if T == 1:
-        return first
-    return torch.cat([first, x[:, :-1]], dim=1)
+    x_prev = first if T == 1 else torch.cat([first, x[:, :-1]], dim=1)
+    if cu_seqlens is None:
+        return x_prev
+    if state is not None:
+        raise ValueError("shift_tokens: packed sequences (cu_seqlens) start from the empty state; pass state=None")
+    if B != 1:
+        raise ValueError(f"shift_tokens: with cu_seqlens the sequences are packed along T and B must be 1, got B={B}")
+    return x_prev.masked_fill(sequence_starts(cu_seqlens.to(x.device), T).view(1, T, 1), 0)
+
+
+def _run_shift(token_shift: nn.Module, x: Tensor, state: Tensor | None, cu_seqlens: Tensor | None):
+    """``token_shift(x, state)``, with ``cu_seqlens=`` only when packing (an injected shift may not take it)."""
+    if cu_seqlens is None:
+        return token_shift(x, state)
+    if "cu_seqlens" not in inspect.signature(token_shift.forward).parameters:
+        raise ValueError(
+            f"{type(token_shift).__name__} does not take cu_seqlens: packed sequences need a token shift that "
+            "restarts at each sequence (TokenShift, DataDependentTokenShift)"
+        )
+    return token_shift(x, state, cu_seqlens=cu_seqlens)
 
 
 def _check(x: Tensor, state: Tensor | None, dim: int, owner: str) -> None:
@@ -79,8 +113,8 @@ class TokenShift(nn.Module):
         device, dtype: Of the parameters.
 
     Shapes:
-        forward(x `[B, T, C]`, state `[B, C]` or ``None``) -> (tuple of ``len(names)`` tensors
-        `[B, T, C]`, new state `[B, C]`). ``mix``: `[len(names), C]`.
+        forward(x `[B, T, C]`, state `[B, C]` or ``None``, cu_seqlens `[N+1]` or ``None``) -> (tuple of
+        ``len(names)`` tensors `[B, T, C]`, new state `[B, C]`). ``mix``: `[len(names), C]`.
 
     Example:
         >>> import torch
@@ -115,9 +149,11 @@ class TokenShift(nn.Module):
         lerp = _lerp_ramps(self, layer_idx, num_layers)
         fill_(self.mix, lerp if self.form == "lerp" else 1 - lerp)
 
-    def forward(self, x: Tensor, state: Tensor | None = None) -> tuple[tuple[Tensor, ...], Tensor]:
+    def forward(
+        self, x: Tensor, state: Tensor | None = None, cu_seqlens: Tensor | None = None
+    ) -> tuple[tuple[Tensor, ...], Tensor]:
         _check(x, state, self.dim, type(self).__name__)
-        x_prev = shift_tokens(x, state)
+        x_prev = shift_tokens(x, state, cu_seqlens)
         mix = self.mix.to(x.dtype).view(-1, 1, 1, self.dim)
         if self.form == "maa":
             mixed = x + (x_prev - x) * mix  # [N, B, T, C]
@@ -140,8 +176,8 @@ class DataDependentTokenShift(nn.Module):
         device, dtype: Of the parameters.
 
     Shapes:
-        forward(x `[B, T, C]`, state `[B, C]` or ``None``) -> (tuple of ``len(names)`` tensors
-        `[B, T, C]`, new state `[B, C]`). Parameters: ``mix_x`` `[C]`, ``mix`` `[N, C]`,
+        forward(x `[B, T, C]`, state `[B, C]` or ``None``, cu_seqlens `[N+1]` or ``None``) -> (tuple of
+        ``len(names)`` tensors `[B, T, C]`, new state `[B, C]`). Parameters: ``mix_x`` `[C]`, ``mix`` `[N, C]`,
         ``lora_a`` `[C, N*Dm]` (used as ``x @ lora_a``), ``lora_b`` `[N, Dm, C]`.
     """
 
@@ -176,11 +212,13 @@ class DataDependentTokenShift(nn.Module):
         fill_(self.lora_a, torch.zeros(self.lora_a.shape, dtype=torch.float64))
         uniform_(self.lora_b, 0.01)
 
-    def forward(self, x: Tensor, state: Tensor | None = None) -> tuple[tuple[Tensor, ...], Tensor]:
+    def forward(
+        self, x: Tensor, state: Tensor | None = None, cu_seqlens: Tensor | None = None
+    ) -> tuple[tuple[Tensor, ...], Tensor]:
         _check(x, state, self.dim, type(self).__name__)
         B, T, C = x.shape
         n = len(self.names)
-        xx = shift_tokens(x, state) - x
+        xx = shift_tokens(x, state, cu_seqlens) - x
         lora_in = torch.tanh((x + xx * self.mix_x) @ self.lora_a)  # [B, T, N*Dm]
         lora_in = lora_in.view(B * T, n, self.rank).transpose(0, 1)  # [N, B*T, Dm]
         lora = torch.bmm(lora_in, self.lora_b).view(n, B, T, C)

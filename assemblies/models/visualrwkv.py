@@ -53,11 +53,12 @@ STOP_TOKEN = 261  # "\n\n" in the World vocabulary: the end of an assistant turn
 
 
 class VisualRWKVOutput(NamedTuple):
-    """``logits`` `[B, T, V]`; ``loss`` (scalar, when labels were given); the final ``state``."""
+    """``logits`` `[B, T, V]`; ``loss`` (scalar, when labels were given); the final ``state`` (``None`` when
+    packed: ``cu_seqlens``)."""
 
     logits: Tensor
     loss: Tensor | None
-    state: RWKVState
+    state: RWKVState | None
 
 
 class VisualRWKV(nn.Module):
@@ -185,19 +186,67 @@ class VisualRWKV(nn.Module):
         state: RWKVState | None = None,
         *,
         validate: bool = False,
+        cu_seqlens: Tensor | None = None,
     ) -> VisualRWKVOutput:
+        """``cu_seqlens`` `[N+1]`: the row `[1, T]` packs N samples (``pack_batch``), each run exactly as alone
+        (``RWKVLanguageModel`` packing) and each a sample of the loss (``loss_fn(..., cu_seqlens=)``); the
+        state returned is then ``None``. Keep it on the CPU like ``image_spans``: it is then checked against
+        the spans (no image may cross a sample boundary) with no device sync, and copied to the device once.
+        Refused with ``state``, left padding (``config.pad_multiple > 1``) and hybrid (``tiny_att``) blocks."""
+        if cu_seqlens is not None:
+            cu_seqlens = self._check_packing(cu_seqlens, input_ids, image_spans, state)
         pad = self._padding(input_ids.shape[1], state)
         embeds, plan = self.embed(input_ids, images, image_spans, pad=pad)
         if validate:
             _check_finite(embeds, images)
-        logits, state = self.lm(embeds=embeds, state=state, scan=plan)
+        packing = {} if cu_seqlens is None else {"cu_seqlens": cu_seqlens.to(embeds.device)}
+        logits, state = self.lm(embeds=embeds, state=state, scan=plan, **packing)
         logits = logits[:, pad:] if pad else logits
-        loss = self.loss_fn(logits, labels) if labels is not None else None
+        loss = self.loss_fn(logits, labels, **packing) if labels is not None else None
         return VisualRWKVOutput(logits, loss, state)
 
     def forward_batch(self, batch: Mapping[str, Any]) -> VisualRWKVOutput:
-        """``forward`` on an ``LLaVACollator`` batch (``input_ids``, ``labels``, ``images``, ``image_spans``)."""
-        return self(batch["input_ids"], batch.get("labels"), batch.get("images"), batch.get("image_spans"))
+        """``forward`` on an ``LLaVACollator`` batch (``input_ids``, ``labels``, ``images``, ``image_spans``) or a
+        packed row of ``LLaVAPackingCollator`` / ``pack_batch`` (also ``cu_seqlens``)."""
+        return self(
+            batch["input_ids"],
+            batch.get("labels"),
+            batch.get("images"),
+            batch.get("image_spans"),
+            cu_seqlens=batch.get("cu_seqlens"),
+        )
+
+    def _check_packing(
+        self, cu_seqlens: Tensor, input_ids: Tensor, image_spans: Tensor | None, state: RWKVState | None
+    ) -> Tensor:
+        """Packing options; on a CPU ``cu_seqlens`` also its values and the image spans against them."""
+        if self._padding(input_ids.shape[1], None):
+            raise ValueError(
+                f"packed samples (cu_seqlens) cannot be left-padded as pad_multiple={self.config.pad_multiple} "
+                "asks (the padding would belong to no sample): use a padded batch"
+            )
+        if state is not None:
+            raise ValueError("packed samples (cu_seqlens) each start from the empty state: pass state=None")
+        if not isinstance(cu_seqlens, Tensor) or cu_seqlens.dtype not in (torch.int32, torch.int64):
+            raise ValueError("cu_seqlens must be an int32 or int64 tensor [N+1] of sample offsets")
+        if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2:
+            raise ValueError(f"cu_seqlens must be 1-D [N+1] with N >= 1, got shape {tuple(cu_seqlens.shape)}")
+        if input_ids.dim() != 2 or input_ids.shape[0] != 1:
+            raise ValueError(f"packed samples (cu_seqlens) take one row [1, T], got shape {tuple(input_ids.shape)}")
+        if cu_seqlens.device.type != "cpu":
+            return cu_seqlens
+        T = input_ids.shape[1]
+        bounds = cu_seqlens.tolist()
+        if bounds[0] != 0 or bounds[-1] != T or any(b < a for a, b in zip(bounds, bounds[1:])):
+            raise ValueError(f"cu_seqlens must run from 0 to T={T} without decreasing, got {bounds}")
+        if image_spans is not None and image_spans.numel():
+            spans = image_spans.to("cpu", torch.long).view(-1, 4)
+            start, end = spans[:, 1].contiguous(), spans[:, 1] + spans[:, 3] - 1
+            cu = cu_seqlens.long()[1:]
+            crossing = torch.searchsorted(cu, start, right=True) != torch.searchsorted(cu, end, right=True)
+            if crossing.any():
+                raise ValueError(f"image spans {spans[crossing].tolist()} cross a sample boundary of {bounds}")
+        return cu_seqlens
 
     @torch.no_grad()
     def prefill(

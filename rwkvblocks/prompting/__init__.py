@@ -4,11 +4,21 @@
   format, turning a LLaVA conversation into token ids, labels and image span offsets (``Prompt``).
 - ``WorldTokenizer`` (RWKV World vocabulary), ``ByteTokenizer`` (257 ids, for demos) and the
   ``Tokenizer`` interface they share.
-- ``LLaVADataset``, ``LLaVACollator``, ``SkipReport``: LLaVA-1.5 JSON files read lazily, batches padded
+- ``LLaVADataset``, ``LLaVACollator``, ``LLaVAPackingCollator`` / ``pack_batch`` (samples packed into rows with
+  ``cu_seqlens``), ``SkipReport``: LLaVA-1.5 JSON files read lazily, batches padded
   on the right with per-sample image spans, and a whole-run report of skipped bad samples.
 """
 
-from .dataset import BadSampleError, LLaVACollator, LLaVADataset, LLaVASample, SkippedSample, SkipReport
+from .dataset import (
+    BadSampleError,
+    LLaVACollator,
+    LLaVADataset,
+    LLaVAPackingCollator,
+    LLaVASample,
+    SkippedSample,
+    SkipReport,
+    pack_batch,
+)
 from .prompt import (
     IGNORE_INDEX,
     IMAGE_PLACEHOLDER,
@@ -33,6 +43,7 @@ __all__ = [
     "ImageLastPromptBuilder",
     "LLaVACollator",
     "LLaVADataset",
+    "LLaVAPackingCollator",
     "LLaVASample",
     "Prompt",
     "PromptBuilder",
@@ -42,5 +53,6 @@ __all__ = [
     "SkippedSample",
     "Tokenizer",
     "WorldTokenizer",
+    "pack_batch",
     "prompt_builder",
 ]

@@ -58,7 +58,16 @@ from .._images import to_rgb
 from ._records import JsonRecords
 from .prompt import IGNORE_INDEX, ConversationError, Prompt, PromptBuilder
 
-__all__ = ["BadSampleError", "LLaVACollator", "LLaVADataset", "LLaVASample", "SkipReport", "SkippedSample"]
+__all__ = [
+    "BadSampleError",
+    "LLaVACollator",
+    "LLaVADataset",
+    "LLaVAPackingCollator",
+    "LLaVASample",
+    "SkipReport",
+    "SkippedSample",
+    "pack_batch",
+]
 
 logger = logging.getLogger(__name__)
 Policy = Literal["raise", "skip"]
@@ -427,6 +436,106 @@ class LLaVACollator:
                     k,
                 )
         return None
+
+
+def pack_batch(batch: dict, max_length: int | None = None) -> list[dict]:
+    """Pack the samples of an ``LLaVACollator`` batch into rows of one sample after another, no padding.
+
+    Greedy and order-preserving: samples join the current row while its length stays within
+    ``max_length`` (None: every sample in one row); a sample longer than ``max_length`` gets a row of its
+    own. Each row is a batch for ``VisualRWKV.forward_batch`` with ``B = 1``: the model runs every sample
+    of the row exactly as if alone (``cu_seqlens``) and the losses treat each as a sample.
+
+    Each sample's first label is set to -100: it is never a target of the sample alone (labels shift by
+    one), and so no position predicts the next sample's first token even in a loss not given
+    ``cu_seqlens``. The ``skipped`` and ``truncated`` records go with the first row (others: empty lists),
+    so that ``SkipReport`` counts each once.
+
+    Returns a list of dicts, for a row of N samples, M images and T their total length:
+
+    Shapes:
+        - ``input_ids``, ``labels``: ``[1, T]`` int64.
+        - ``lengths``: ``[N]`` int64; ``cu_seqlens``: ``[N+1]`` int64 offsets ``0, ..., T`` (CPU).
+        - ``images``: ``[M, ...]`` or None; ``image_spans``: ``[M, 4]`` ``(0, start, first, length)`` with
+          ``start`` counted from the row's start.
+        - ``sample_ids``: list of N ids; ``skipped``, ``truncated``: as ``LLaVACollator``.
+    """
+    if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1):
+        raise ValueError(f"max_length must be a positive int or None, got {max_length!r}")
+    lengths = [int(n) for n in batch["lengths"]]
+    groups: list[list[int]] = []
+    used = 0
+    for i, n in enumerate(lengths):
+        if not groups or (max_length is not None and used + n > max_length):
+            groups.append([])
+            used = 0
+        groups[-1].append(i)
+        used += n
+    spans, images = batch["image_spans"], batch["images"]
+    rows = []
+    for number, members in enumerate(groups):
+        ids, labels, row_spans, picked = [], [], [], []
+        offset = 0
+        for i in members:
+            n = lengths[i]
+            ids.append(batch["input_ids"][i, :n])
+            lab = batch["labels"][i, :n].clone()
+            lab[:1] = IGNORE_INDEX
+            labels.append(lab)
+            mine = (spans[:, 0] == i).nonzero().flatten().tolist()
+            for j in mine:
+                _, start, first, length = spans[j].tolist()
+                row_spans.append((0, start + offset, first, length))
+            picked += mine
+            offset += n
+        member_lengths = torch.tensor([lengths[i] for i in members], dtype=torch.long)
+        rows.append(
+            {
+                "input_ids": torch.cat(ids)[None],
+                "labels": torch.cat(labels)[None],
+                "lengths": member_lengths,
+                "cu_seqlens": torch.cat([member_lengths.new_zeros(1), member_lengths.cumsum(0)]),
+                "images": images[picked] if picked else None,
+                "image_spans": torch.tensor(row_spans, dtype=torch.long).view(-1, 4),
+                "sample_ids": [batch["sample_ids"][i] for i in members],
+                "skipped": list(batch["skipped"]) if number == 0 else [],
+                "truncated": list(batch["truncated"]) if number == 0 else [],
+            }
+        )
+    if not rows:  # every sample skipped: one empty row keeps the records
+        rows.append({**batch, "cu_seqlens": torch.zeros(1, dtype=torch.long)})
+    return rows
+
+
+class LLaVAPackingCollator(LLaVACollator):
+    """``LLaVACollator`` whose samples are packed into rows (``pack_batch``) instead of padded.
+
+    Args:
+        image_tokens, context_length, pad_id, on_truncation: As ``LLaVACollator`` (each sample is cut to
+            ``context_length`` first).
+        max_length: The longest row; default ``context_length`` (None: all the samples in one row).
+
+    Returns the list of rows ``pack_batch`` returns: run each as one micro-batch of ``B = 1``. A row's
+    ``SampleLevelCE`` is the mean over its samples; weigh rows by ``len(row["sample_ids"])`` to average
+    over all the samples of the batch.
+    """
+
+    def __init__(
+        self,
+        image_tokens: int,
+        context_length: int | None = None,
+        pad_id: int = 0,
+        *,
+        on_truncation: TruncationPolicy = "keep",
+        max_length: int | None = None,
+    ):
+        super().__init__(image_tokens, context_length, pad_id, on_truncation=on_truncation)
+        self.max_length = context_length if max_length is None else max_length
+        if self.max_length is not None and (not isinstance(self.max_length, int) or self.max_length < 1):
+            raise ValueError(f"max_length must be a positive int or None, got {max_length!r}")
+
+    def __call__(self, items: Sequence[LLaVASample | SkippedSample]) -> list[dict]:  # type: ignore[override]
+        return pack_batch(super().__call__(items), self.max_length)
 
 
 def _summary(seen: int, skipped: Sequence[SkippedSample], truncated: Sequence[SkippedSample], max_ids: int) -> str:
