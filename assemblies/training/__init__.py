@@ -6,11 +6,14 @@
 - ``train(model, loader, plan)``: AdamW, cosine schedule, clipping, exact gradient accumulation; ``precision``
   (``PRECISIONS``: fp32, bf16 autocast over fp32 master weights, pure bf16) and training checkpoints with exact
   resume (``checkpoint_dir=``, ``resume=``; ``latest_checkpoint`` / ``load_checkpoint``).
+- ``train(..., strategy="ddp" | "fsdp2")`` under ``torchrun``: data-parallel training (``distributed.py``,
+  ``STRATEGIES``), a step equal to one process's; ``full_state_dict`` gathers an FSDP2-sharded model's weights.
 - ``make_dataset`` / ``data_loader``: LLaVA data built from a ``DataConfig``.
 """
 
 from .checkpoint import TrainCheckpoint, latest_checkpoint, load_checkpoint
 from .data import data_loader, make_dataset, make_prompt_builder, make_tokenizer
+from .distributed import STRATEGIES, full_state_dict
 from .loop import PRECISIONS, TrainingInterrupted, micro_batch_weight, train
 from .recipes import TrainRecipe, recipe
 from .stages import STAGES, configure_stage, set_trainable, trainable_parameter_names
@@ -18,11 +21,13 @@ from .stages import STAGES, configure_stage, set_trainable, trainable_parameter_
 __all__ = [
     "PRECISIONS",
     "STAGES",
+    "STRATEGIES",
     "TrainCheckpoint",
     "TrainRecipe",
     "TrainingInterrupted",
     "configure_stage",
     "data_loader",
+    "full_state_dict",
     "latest_checkpoint",
     "load_checkpoint",
     "make_dataset",

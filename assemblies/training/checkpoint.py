@@ -3,7 +3,8 @@
 A checkpoint is a directory ``step-00000010`` inside the run's checkpoint directory, holding
 
 - ``trainable.safetensors``: the trainable parameters, by name (the frozen ones come from the model as built);
-- ``state.pt``: optimiser and scheduler state, the torch CPU (and CUDA) RNG states;
+- ``state.pt``: optimiser and scheduler state, the torch CPU (and CUDA) RNG states (of rank 0, and of every rank
+  under ``"rng_ranks"`` in a distributed run);
 - ``meta.json``: the step, the data position (micro-batches consumed), the losses so far, the recipe, the
   planned steps, the precision and the names of the trainable parameters (a resume that differs is refused).
 
@@ -29,7 +30,15 @@ from safetensors.torch import load_file, save_file
 
 from .._io import atomic_file, fsync_directory
 
-__all__ = ["TrainCheckpoint", "latest_checkpoint", "load_checkpoint", "rng_states", "save_checkpoint", "set_rng_states"]
+__all__ = [
+    "TrainCheckpoint",
+    "checkpoint_path",
+    "latest_checkpoint",
+    "load_checkpoint",
+    "rng_states",
+    "save_checkpoint",
+    "set_rng_states",
+]
 
 _NAME = re.compile(r"^step-(\d{8,})$")
 _WEIGHTS, _STATE, _META = "trainable.safetensors", "state.pt", "meta.json"
@@ -53,6 +62,11 @@ def _steps(directory: Path) -> list[tuple[int, Path]]:
         return []
     found = [(int(m.group(1)), p) for p in directory.iterdir() if (m := _NAME.match(p.name)) and p.is_dir()]
     return sorted(found)
+
+
+def checkpoint_path(directory: str | os.PathLike, step: int) -> Path:
+    """Where ``save_checkpoint`` writes the checkpoint of ``step`` in ``directory``."""
+    return Path(directory) / f"step-{step:08d}"
 
 
 def latest_checkpoint(directory: str | os.PathLike) -> Path | None:
@@ -95,7 +109,7 @@ def save_checkpoint(
     directory.mkdir(parents=True, exist_ok=True)
     for stale in directory.glob(".step-*.partial-*"):  # left by a run killed while writing
         shutil.rmtree(stale, ignore_errors=True)
-    final = directory / f"step-{step:08d}"
+    final = checkpoint_path(directory, step)
     tmp = directory / f".{final.name}.partial-{secrets.token_hex(6)}"
     tmp.mkdir()
     try:

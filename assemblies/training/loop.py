@@ -3,7 +3,8 @@
 A batch of ``batch_size`` samples is accumulated from micro-batches, and each micro-batch's loss is weighted
 so that the accumulated gradient equals the gradient of the loss over the whole batch: by its share of the
 samples for the sample-level loss (a mean over samples), by its share of the valid (supervised) tokens for the
-batch-level loss (a mean over tokens).
+batch-level loss (a mean over tokens). Under ``torchrun`` (``strategy="ddp"`` or ``"fsdp2"``, ``distributed.py``) the
+ranks share each batch's micro-batches and the shares are of the global batch: a step equals one process's.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from rwkvblocks.losses import IGNORE_INDEX
 from rwkvblocks.prompting import SkipReport
 
 from ..models.visualrwkv import VisualRWKV
-from .checkpoint import latest_checkpoint, load_checkpoint, rng_states, save_checkpoint, set_rng_states
+from .checkpoint import checkpoint_path, latest_checkpoint, load_checkpoint, rng_states, save_checkpoint, set_rng_states
+from .distributed import setup_distributed
 from .recipes import TrainRecipe
 from .stages import configure_stage
 
@@ -159,6 +161,7 @@ def train(
     keep: int | None = 3,
     resume: bool = False,
     stop_at: int | None = None,
+    strategy: str = "none",
 ) -> list[float]:
     """Run one stage: set the trainable parameters, then AdamW with a cosine schedule and clipping.
 
@@ -192,6 +195,17 @@ def train(
             precision and trainable set must match the checkpoint's (``ValueError`` otherwise).
         stop_at: Stop after optimiser step ``stop_at`` of ``steps`` (the schedule still spans ``steps``),
             writing a checkpoint when ``checkpoint_dir`` is set; resume later to finish.
+        strategy: ``"none"`` (one process), ``"ddp"`` or ``"fsdp2"`` (``STRATEGIES``; ``distributed.py``): under
+            ``torchrun``, the process group is initialised if it is not (NCCL for a CUDA model, put on
+            ``cuda:LOCAL_RANK`` by the caller; gloo on the CPU). Every rank gets the same ``loader``; of each
+            step's ``batch_size / micro_batch_size`` micro-batches, rank ``r`` of ``W`` takes ``r, r + W, ...``
+            (so that number must be a multiple of ``W``), and the weights are shares of the global batch: the
+            step, its loss (all-reduced) and the checkpoints equal one process's with ``W`` times the
+            accumulation. Only rank 0 logs, shows progress and writes checkpoints (full, gathered weights under
+            FSDP2, in the format of one process: a run can resume under another strategy or world size, to
+            rounding); a resume reads the checkpoint on every rank (a shared file system). A signal on any rank
+            stops all of them at the same step. Under FSDP2 the model stays sharded after the run
+            (``full_state_dict`` gathers its weights).
 
     Returns:
         The loss of every optimiser step so far (that of its whole accumulated batch), including those run
@@ -200,6 +214,13 @@ def train(
     from tqdm import tqdm
 
     accumulation = max(1, plan.batch_size // plan.micro_batch_size)
+    device = next(model.lm.parameters()).device
+    dist = setup_distributed(strategy, device)
+    if accumulation % dist.world_size:
+        raise ValueError(
+            f"strategy={strategy!r} with {dist.world_size} ranks: the {accumulation} micro-batches of a step "
+            f"(batch_size {plan.batch_size} / micro_batch_size {plan.micro_batch_size}) must split evenly"
+        )
     if steps is None:
         if micro_batches_per_epoch is None:
             micro_batches_per_epoch = len(loader)  # type: ignore[arg-type]
@@ -211,11 +232,7 @@ def train(
     end = steps if stop_at is None else min(stop_at, steps)
     configure_stage(model, plan.stage)
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    params = [p for _, p in named]
-    precision = _precision(params, precision)
-    opt = torch.optim.AdamW(params, lr=plan.lr_init, betas=plan.betas, eps=plan.eps, weight_decay=plan.weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps, eta_min=plan.lr_final)
-    device = next(model.lm.parameters()).device
+    precision = _precision([p for _, p in named], precision)
     meta = {
         "recipe": json.loads(json.dumps(plan.to_dict())),
         "steps": steps,
@@ -232,36 +249,52 @@ def train(
                 raise ValueError(f"cannot resume from {found}: its {key} is {theirs!r}, this run's {value!r}")
         with torch.no_grad():
             for name, p in named:
-                p.copy_(ckpt.weights[name])
-        opt.load_state_dict(ckpt.state["optimizer"])
-        sched.load_state_dict(ckpt.state["scheduler"])
-        done, consumed, losses, restored_rng = ckpt.step, ckpt.consumed, list(ckpt.losses), ckpt.state["rng"]
-        logger.info("resuming from %s: step %d of %d, %d micro-batches consumed", found, done, steps, consumed)
-    elif resume:
+                p.copy_(ckpt.weights[name])  # before the wrapping: every rank then holds the same weights
+        done, consumed, losses = ckpt.step, ckpt.consumed, list(ckpt.losses)
+        ranks_rng = ckpt.state.get("rng_ranks")
+        same_ranks = ranks_rng is not None and len(ranks_rng) == dist.world_size
+        restored_rng = ranks_rng[dist.rank] if same_ranks else ckpt.state["rng"]
+        if dist.main:
+            logger.info("resuming from %s: step %d of %d, %d micro-batches consumed", found, done, steps, consumed)
+    elif resume and dist.main:
         logger.info("no checkpoint in %s: starting afresh", checkpoint_dir)
+    module = dist.wrap(model)
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]  # FSDP2: now DTensors
+    params = [p for _, p in named]
+    opt = torch.optim.AdamW(params, lr=plan.lr_init, betas=plan.betas, eps=plan.eps, weight_decay=plan.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps, eta_min=plan.lr_final)
+    if found is not None:
+        dist.load_optimizer_state(module, opt, ckpt.state["optimizer"], [n for n, _ in named])
+        sched.load_state_dict(ckpt.state["scheduler"])
 
     def checkpoint() -> os.PathLike | None:
         if checkpoint_dir is None:
             return None
-        state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": rng_states(device)}
-        weights = dict(named)
-        return save_checkpoint(
-            checkpoint_dir,
-            step=done,
-            consumed=consumed,
-            losses=losses,
-            weights=weights,
-            state=state,
-            meta=meta,
-            keep=keep,
-        )
+        rng = rng_states(device)
+        state = {"optimizer": dist.optimizer_state(module, opt), "scheduler": sched.state_dict(), "rng": rng}
+        if dist.active:
+            state["rng_ranks"] = dist.gather_objects(rng)
+        weights = dist.full_weights(named) if dist.strategy == "fsdp2" else dict(named)
+        if dist.main:
+            save_checkpoint(
+                checkpoint_dir,
+                step=done,
+                consumed=consumed,
+                losses=losses,
+                weights=weights,
+                state=state,
+                meta=meta,
+                keep=keep,
+            )
+        dist.barrier()  # the checkpoint is complete before any rank goes on (or reads it)
+        return checkpoint_path(checkpoint_dir, done)
 
     autocast = (
         (lambda: torch.autocast(device.type, dtype=torch.bfloat16))
         if precision == "bf16-autocast"
         else contextlib.nullcontext
     )
-    model.train()
+    module.train()
     micro = _micro_batches(loader if skip_report is None else _Reported(loader, skip_report), steps * accumulation)
     for _ in range(consumed):  # the data the checkpointed run had consumed: drawn again and dropped
         next(micro)
@@ -270,21 +303,33 @@ def train(
     label = description or f"stage {plan.stage}"
     with (
         _StopSignals(checkpoint_dir is not None) as signals,
-        tqdm(total=steps, initial=done, desc=label, unit="step", disable=not progress) as bar,
+        tqdm(total=steps, initial=done, desc=label, unit="step", disable=not (progress and dist.main)) as bar,
     ):
         while done < end:
             opt.zero_grad(set_to_none=True)
-            batches = [next(micro) for _ in range(accumulation)]
+            batches = [next(micro) for _ in range(accumulation)][dist.rank :: dist.world_size]  # this rank's share
             weights = [micro_batch_weight(model.loss_fn, b) for b in batches]
-            whole = max(sum(weights), 1)
+            whole = sum(weights)
+            if dist.active:  # the global batch's samples (or valid tokens)
+                whole = int(dist.all_sum([whole]).item())
+            whole = max(whole, 1)
             parts = []
-            for batch, weight in zip(batches, weights):
-                with autocast():
-                    out = model.forward_batch(_to(batch, device))
-                loss = out.loss.to(torch.promote_types(out.loss.dtype, torch.float32)) * (weight / whole)
-                loss.backward()
+            for i, (batch, weight) in enumerate(zip(batches, weights)):
+                with dist.sync_gradients(module, final=i == len(batches) - 1):
+                    with autocast():
+                        out_loss = dist.forward(module, _to(batch, device))
+                    loss = out_loss.to(torch.promote_types(out_loss.dtype, torch.float32)) * (weight / whole)
+                    # DDP and FSDP2 average the ranks' gradients: scaled by W, their sum is the global batch's
+                    (loss * dist.world_size if dist.active else loss).backward()
                 parts.append(loss.detach())
-            step_loss = torch.stack(parts).sum().item()  # one host read per optimiser step, for the log
+            if dist.active:  # the global loss, and whether any rank got a signal, in one all-reduce
+                local = torch.stack(parts).sum().to(torch.float64)
+                flags = torch.stack([local, local.new_tensor(float(signals.received is not None))])
+                step_loss, stop = dist.all_sum(flags).tolist()
+                stop_signal = (signals.received or signal.SIGTERM) if stop else None
+            else:
+                step_loss = torch.stack(parts).sum().item()  # one host read per optimiser step, for the log
+                stop_signal = signals.received
             if not math.isfinite(step_loss):
                 raise ValueError(
                     f"the loss is {step_loss} at step {done + 1} (precision {precision!r}); the weights were not "
@@ -297,13 +342,13 @@ def train(
             losses.append(step_loss)
             bar.set_postfix(loss=f"{step_loss:.3f}", lr=f"{sched.get_last_lr()[0]:.2e}")
             bar.update()
-            if signals.received is not None:
-                raise TrainingInterrupted(checkpoint(), signals.received)
+            if stop_signal is not None:
+                raise TrainingInterrupted(checkpoint(), stop_signal)
             if checkpoint_every is not None and done % checkpoint_every == 0 and done < end:
                 checkpoint()
         checkpoint()  # at the end (or at stop_at)
-    model.eval()
-    if skip_report is not None:
+    module.eval()
+    if skip_report is not None and dist.main:
         bad = skip_report.skipped or skip_report.truncated
         logger.log(logging.WARNING if bad else logging.INFO, "training done: %s", skip_report.summary())
     return losses
