@@ -3,7 +3,8 @@
 rwkvblocks convert SRC DST [--dtype bf16] [--no-encoder-weights]   upstream .pth -> safetensors dir
     [--vision-heads N] [--vision-config PATH]                       the CLIP tower's head count
 rwkvblocks train --preset NAME --stage alignment --data JSON --images DIR --out DIR [--init-lm PTH]
-    [--dtype bf16 | --pure-bf16] [--seed S] [--checkpoint-every N] [--keep-checkpoints K] [--resume]
+    [--dtype bf16 | --pure-bf16] [--seed S] [--pack] [--checkpoint-every N] [--keep-checkpoints K] [--resume]
+    [--config FILE [--set SECTION.FIELD=VALUE ...]] [--encoder-checkpoint PATH]   (explicit flags win)
 rwkvblocks eval --model M --benchmark NAME --questions FILE [--images DIR] [--annotations PATH] [--mode rank]
 rwkvblocks score --benchmark NAME --answers FILE [--annotations PATH] [--questions FILE]  score answers
 rwkvblocks list [PATTERN] [--params]                                presets, knobs, parameter counts
@@ -83,7 +84,50 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
+_TRAIN_DEFAULTS = {
+    "preset": "visualrwkv_1b6_clipl336",
+    "size": "1b6",
+    "keep_checkpoints": 3,
+    "workers": 0,
+    "on_bad_sample": "raise",
+    "device": "cpu",
+    "pure_bf16": False,
+    "pack": False,
+    "resume": False,
+}
+_TRAIN_RECIPE = (  # arguments that are TrainRecipe fields of the same name
+    "batch_size", "micro_batch_size", "epochs", "lr_init", "lr_final", "warmup_steps", "betas", "eps",
+    "weight_decay", "decay_matrices_only", "grad_clip", "activation_checkpointing", "log_every",
+    "checkpoint_every", "seed",
+)  # fmt: skip
+
+
+def _train_options(args: argparse.Namespace) -> argparse.Namespace:
+    """The defaults, then the ``--config`` file with its ``--set`` overrides, then the flags given explicitly."""
+    from .training.config import load_stage_config
+
+    skip = {"run", "command", "debug", "config", "set"}
+    options = {k: None for k in vars(args) if k not in skip} | {"prompt": None} | _TRAIN_DEFAULTS
+    if args.config is not None or args.set:
+        options.update(load_stage_config(args.config, args.set or ()).arguments())
+    options.update({k: v for k, v in vars(args).items() if k not in skip and v is not None})
+    for flag, key in (("--stage", "stage"), ("--data", "data"), ("--out", "out")):
+        if options.get(key) is None:
+            section = {"stage": "train.stage", "data": "data.json", "out": "output.dir"}[key]
+            raise ValueError(f"{flag} is required (or {section} in the --config file)")
+    for key in ("steps", "batch_size", "micro_batch_size", "keep_checkpoints", "checkpoint_every"):
+        value = options.get(key)
+        if value is not None and value < 1:
+            raise ValueError(f"--{key.replace('_', '-')} must be a positive int, got {value}")
+    if options.get("epochs") is not None and not options["epochs"] > 0:
+        raise ValueError(f"--epochs must be > 0, got {options['epochs']}")
+    if options["workers"] < 0:
+        raise ValueError(f"--workers must be >= 0, got {options['workers']}")
+    return argparse.Namespace(**options)
+
+
 def _train(args: argparse.Namespace) -> int:
+    """``rwkvblocks train``: see the subparser; every argument is checked before the model is built."""
     import json
     from pathlib import Path
 
@@ -92,96 +136,109 @@ def _train(args: argparse.Namespace) -> int:
     from ._io import atomic_file
     from .models import VisualRWKV, create_assembly
     from .training import data_loader, make_dataset, recipe, train
+    from .training.data import usable_epochs
 
-    _check_output_dir(args.out, "--out")
-    device = torch.device(args.device)
-    if args.dtype == "fp16":
+    opts = _train_options(args)
+    _check_device(opts.device)
+    _check_output_dir(opts.out, "--out")
+    device = torch.device(opts.device)
+    if opts.dtype == "fp16":
         raise ValueError(
             "--dtype fp16: training in fp16 needs a gradient scaler, which train does not have (the weights would "
             "turn NaN); use --dtype bf16 (bf16 autocast, fp32 master weights)"
         )
-    if args.pure_bf16 and args.dtype != "bf16":
+    if opts.pure_bf16 and opts.dtype != "bf16":
         raise ValueError("--pure-bf16 goes with --dtype bf16")
-    if args.checkpoint_every is not None and args.checkpoint_every < 1:
-        raise ValueError(f"--checkpoint-every must be a positive int, got {args.checkpoint_every}")
-    if args.dtype == "bf16":  # mixed precision: fp32 master weights, bf16 autocast compute (--pure-bf16: the old way)
-        precision, dtype = ("bf16-pure", torch.bfloat16) if args.pure_bf16 else ("bf16-autocast", torch.float32)
+    if opts.encoder_checkpoint is not None and not Path(opts.encoder_checkpoint).is_file():
+        raise FileNotFoundError(2, "No such file (--encoder-checkpoint)", opts.encoder_checkpoint)
+    changes = {k: getattr(opts, k) for k in _TRAIN_RECIPE if getattr(opts, k, None) is not None}
+    data_changes = {k: getattr(opts, k) for k in ("context_length", "prompt") if getattr(opts, k, None) is not None}
+    if data_changes:
+        changes["data_changes"] = data_changes
+    plan = recipe(opts.stage, opts.size, **changes)  # checks the batch sizes, epochs, rates (ValueError)
+    if opts.steps is not None and plan.warmup_steps >= opts.steps:
+        raise ValueError(f"warmup_steps {plan.warmup_steps} must be fewer than --steps {opts.steps}")
+    if opts.dtype == "bf16":  # mixed precision: fp32 master weights, bf16 autocast compute (--pure-bf16: the old way)
+        precision, dtype = ("bf16-pure", torch.bfloat16) if opts.pure_bf16 else ("bf16-autocast", torch.float32)
     else:
-        precision, dtype = "fp32", DTYPES[args.dtype] if args.dtype else None
-    torch.manual_seed(args.seed)  # the same random initialisation (of frozen parts too) when a run is resumed
-    overrides = {"tokenizer": args.tokenizer} if args.tokenizer else {}
-    if args.init:
-        model = VisualRWKV.from_pretrained(args.init, device=device, dtype=dtype)
+        precision, dtype = "fp32", DTYPES[opts.dtype] if opts.dtype else None
+    torch.manual_seed(plan.seed)  # the same random initialisation (of frozen parts too) when a run is resumed
+    overrides = {"tokenizer": opts.tokenizer} if opts.tokenizer else {}
+    if opts.init:
+        # --encoder-checkpoint: the encoder from that file, not from the directory
+        model = VisualRWKV.from_pretrained(
+            opts.init,
+            device=device,
+            dtype=dtype,
+            encoder_weights=opts.encoder_checkpoint is None,
+            encoder_checkpoint=opts.encoder_checkpoint,
+        )
         if overrides:
             model.data_config = model.data_config.replace(**overrides)
     else:
-        model = create_assembly(args.preset, init_lm=args.init_lm, device=device, dtype=dtype, **overrides)
-    changes = {
-        k: v
-        for k, v in (
-            ("batch_size", args.batch_size),
-            ("micro_batch_size", args.micro_batch_size),
-            ("epochs", args.epochs),
-            ("lr_init", args.lr_init),
-            ("lr_final", args.lr_final),
-        )
-        if v is not None
-    }
-    if args.context_length is not None:
-        changes["data_changes"] = {"context_length": args.context_length}
-    plan = recipe(args.stage, args.size, **changes)
+        model = create_assembly(opts.preset, init_lm=opts.init_lm, device=device, dtype=dtype, **overrides)
+        if opts.encoder_checkpoint is not None:  # loaded into the encoder; the path stays out of config.json
+            model._rebuild_encoder(device, next(model.proj.parameters()).dtype, opts.encoder_checkpoint)
     data = plan.data_for(model.data_config)
     dataset = make_dataset(
         data,
-        args.data,
-        args.images,
+        opts.data,
+        opts.images,
         image_transform=model.encoder.transform.per_image,
         vocab_size=model.lm.vocab_size,
-        on_bad_sample=args.on_bad_sample,
+        on_bad_sample=opts.on_bad_sample,
     )
+    if len(dataset) == 0:
+        raise ValueError(f"--data {opts.data}: no samples")
+    if opts.pack and (model.config.hybrid_layers or model.config.pad_multiple > 1):
+        raise ValueError("--pack: packed rows need a model without TinyAttention layers and with pad_multiple 1")
     loader = data_loader(
-        dataset, data, image_tokens=model.image_tokens, batch_size=plan.micro_batch_size, num_workers=args.workers
+        dataset,
+        data,
+        image_tokens=model.image_tokens,
+        batch_size=plan.micro_batch_size,
+        num_workers=opts.workers,
+        pack=opts.pack,
     )
     # shuffled by a generator of its own, seeded: the order a resumed run replays is the order of the first run
     loader = torch.utils.data.DataLoader(
         loader.dataset,
         batch_size=loader.batch_size,
         shuffle=True,
-        num_workers=args.workers,
+        num_workers=opts.workers,
         collate_fn=loader.collate_fn,
-        generator=torch.Generator().manual_seed(args.seed),
+        generator=torch.Generator().manual_seed(plan.seed),
     )
     report = SkipReport()
+    epochs = usable_epochs(loader, report, source=f"--data {opts.data}")  # a pass of only bad samples stops the run
 
-    class _Epochs:  # every pass over the loader is an epoch of the skip report
-        def __iter__(self):
-            return report.epoch(loader)
-
-    print(f"{args.stage}: {len(dataset)} samples, {data}, {plan}", flush=True)
-    checkpoints = Path(args.out) / "checkpoints"
+    print(f"{opts.stage}: {len(dataset)} samples, {data}, {plan}", flush=True)
+    checkpoints = Path(opts.out) / "checkpoints"
     losses = train(
         model,
-        _Epochs(),
+        epochs,
         plan,
-        steps=args.steps,
+        steps=opts.steps,
         micro_batches_per_epoch=len(loader),
         precision=precision,
-        checkpoint_dir=checkpoints if args.checkpoint_every or args.resume else None,
-        checkpoint_every=args.checkpoint_every,
-        keep=args.keep_checkpoints,
-        resume=args.resume,
+        checkpoint_dir=checkpoints if plan.checkpoint_every or opts.resume else None,
+        checkpoint_every=plan.checkpoint_every,
+        keep=opts.keep_checkpoints,
+        resume=opts.resume,
     )
-    out = model.save_pretrained(args.out)
+    out = model.save_pretrained(opts.out)
     log = {
-        "stage": args.stage,
+        "stage": opts.stage,
         "precision": precision,
-        "seed": args.seed,
+        "seed": plan.seed,
         "recipe": plan.to_dict(),
+        "log_every": plan.log_every,
+        "checkpoint_every": plan.checkpoint_every,
         "data": data.to_dict(),
         "losses": losses,
         "skipped": report.summary(),
     }
-    with atomic_file(Path(out) / f"train_{args.stage}.json") as f:
+    with atomic_file(Path(out) / f"train_{opts.stage}.json") as f:
         f.write(json.dumps(log, indent=2).encode())
     print(f"loss {losses[0]:.4f} -> {losses[-1]:.4f}; {report.summary()}; saved to {out}")
     return 0
@@ -496,24 +553,41 @@ def main(argv: list[str] | None = None) -> int:
         help="the tower's Hugging Face config.json (or its directory): the head count is read from it",
     )
     p.set_defaults(run=_convert)
-    p = sub.add_parser("train", help="run one stage of the paper's recipe on LLaVA-format data")
-    p.add_argument("--preset", default="visualrwkv_1b6_clipl336", help="assembly to build (ignored with --init)")
+    p = sub.add_parser(
+        "train",
+        help="run one stage of the paper's recipe on LLaVA-format data",
+        description="Run one training stage. Every setting can come from a stage config (--config FILE or a shipped "
+        "name; --set SECTION.FIELD=VALUE overrides one of its fields); flags given explicitly win over both.",
+    )
+    p.add_argument("--config", metavar="FILE", help="stage config (TOML; see assemblies/training/config.py)")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="SECTION.FIELD=VALUE",
+        help="override one field of the config (type-checked; repeatable), e.g. train.lr_init=2e-5",
+    )
+    p.add_argument("--preset", help="assembly to build (ignored with --init; default visualrwkv_1b6_clipl336)")
     p.add_argument("--init", help="continue from a save_pretrained directory (stage 2 after stage 1)")
     p.add_argument("--init-lm", help="BlinkDL RWKV .pth to start the language model from (stage 1)")
-    p.add_argument("--stage", choices=["alignment", "instruction"], required=True)
-    p.add_argument("--size", default="1b6", choices=["1b6", "3b", "7b"], help="selects the stage-2 learning rates")
-    p.add_argument("--data", required=True, help="LLaVA-1.5 JSON file")
+    p.add_argument(
+        "--encoder-checkpoint",
+        metavar="PATH",
+        help="local image-encoder weights to load (with --init: instead of the directory's); not stored in the output",
+    )
+    p.add_argument("--stage", choices=["alignment", "instruction"], help="required, here or as train.stage")
+    p.add_argument("--size", choices=["1b6", "3b", "7b"], help="selects the stage-2 learning rates (default 1b6)")
+    p.add_argument("--data", help="LLaVA-1.5 JSON file (required, here or as data.json)")
     p.add_argument("--images", help="image root folder")
-    p.add_argument("--out", required=True, help="output directory (save_pretrained + train_<stage>.json)")
+    p.add_argument("--out", help="output directory (save_pretrained + train_<stage>.json; or output.dir)")
     p.add_argument("--tokenizer", choices=["world", "byte"], help="default: the model's data configuration")
     p.add_argument("--steps", type=int, help="optimiser steps (default: the recipe's epochs)")
-    p.add_argument("--batch-size", type=int)
+    p.add_argument("--batch-size", type=int, help="samples per optimiser step (a multiple of --micro-batch-size)")
     p.add_argument("--micro-batch-size", type=int)
     p.add_argument("--epochs", type=float)
     p.add_argument("--context-length", type=int)
     p.add_argument("--lr-init", type=float)
     p.add_argument("--lr-final", type=float)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", help="default cpu")
     p.add_argument(
         "--dtype",
         choices=sorted(DTYPES),
@@ -522,18 +596,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--pure-bf16",
         action="store_true",
+        default=None,
         help="with --dtype bf16: bf16 weights stepped directly, no fp32 master copy (small updates are lost)",
     )
-    p.add_argument("--seed", type=int, default=0, help="seeds initialisation and the data order (default 0)")
+    p.add_argument("--seed", type=int, help="seeds initialisation and the data order (default 0)")
+    p.add_argument(
+        "--pack",
+        action="store_true",
+        default=None,
+        help="pack each micro-batch's samples into rows of the context length (cu_seqlens; no padding computed)",
+    )
     p.add_argument("--checkpoint-every", type=int, help="write a training checkpoint every N steps to OUT/checkpoints")
-    p.add_argument("--keep-checkpoints", type=int, default=3, help="training checkpoints kept (default 3)")
+    p.add_argument("--keep-checkpoints", type=int, help="training checkpoints kept (default 3)")
     p.add_argument(
         "--resume",
         action="store_true",
+        default=None,
         help="go on from the newest checkpoint in OUT/checkpoints (same arguments; starts afresh if none)",
     )
-    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
-    p.add_argument("--on-bad-sample", choices=["raise", "skip"], default="raise")
+    p.add_argument("--workers", type=int, help="DataLoader worker processes (default 0)")
+    p.add_argument("--on-bad-sample", choices=["raise", "skip"], help="default raise")
     p.set_defaults(run=_train)
     for name, helptext, run in (
         ("chat", "answer a question about an image, or chat on stdin (/image PATH, /reset)", _chat),

@@ -6,6 +6,7 @@ import inspect
 from collections.abc import Sequence
 
 import torch
+import torch.utils.checkpoint
 from torch import Tensor, nn
 
 from ._init import orthogonal_
@@ -22,6 +23,12 @@ def _takes(module: nn.Module, name: str) -> bool:
         return name in inspect.signature(module.forward).parameters
     except (TypeError, ValueError):  # builtins without a signature
         return False
+
+
+def _run_block(block: nn.Module, x: Tensor, layer_state, i: int, scan: ScanPlan | None, kwargs: dict):
+    if scan is None:
+        return split_block_output(block(x, layer_state, **kwargs), f"block {i}")
+    return scan.apply(block, x, layer_state, i, **kwargs)
 
 
 class RWKVLanguageModel(nn.Module):
@@ -55,6 +62,11 @@ class RWKVLanguageModel(nn.Module):
     other block is refused. A scan plan works unchanged as long as no image span crosses a sample boundary
     (the plan permutes positions inside spans only).
 
+    Activation checkpointing: with ``activation_checkpointing = True`` a training forward (module in training
+    mode, gradients enabled) keeps only each block's input and recomputes the block in the backward
+    (``torch.utils.checkpoint``, non-reentrant): the same gradients for about one more forward's compute,
+    and activation memory of one block instead of all.
+
     Reference: BlinkDL RWKV-LM x052 / x060 / x070 (DESIGN.md §4, §15), checked against the ``rwkv`` package.
     Builders and checkpoint loading: ``assemblies.build_rwkv_lm``, ``assemblies.load_blinkdl``.
     """
@@ -76,6 +88,7 @@ class RWKVLanguageModel(nn.Module):
         self.vocab_size, self.dim = emb.weight.shape
         self._takes_context = tuple(takes_context(block) for block in self.blocks)
         self._takes_cu_seqlens = tuple(_takes(block, "cu_seqlens") for block in self.blocks)
+        self.activation_checkpointing = False
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
@@ -159,14 +172,17 @@ class RWKVLanguageModel(nn.Module):
         layers = state.layers if state is not None else (None,) * len(self.blocks)
         context: dict = {}  # values one block hands to later ones during this forward (RWKV-7: v_first)
         new_layers = []
+        recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled()
         for i, (block, layer_state) in enumerate(zip(self.blocks, layers)):
             kwargs = {"context": context} if self._takes_context[i] else {}
             if cu_seqlens is not None:
                 kwargs["cu_seqlens"] = cu_seqlens
-            if scan is None:
-                x, layer_state = split_block_output(block(x, layer_state, **kwargs), f"block {i}")
+            if recompute:
+                x, layer_state = torch.utils.checkpoint.checkpoint(
+                    _run_block, block, x, layer_state, i, scan, kwargs, use_reentrant=False
+                )
             else:
-                x, layer_state = scan.apply(block, x, layer_state, i, **kwargs)
+                x, layer_state = _run_block(block, x, layer_state, i, scan, kwargs)
             new_layers.append(layer_state)
         return self.ln_out(x), None if cu_seqlens is not None else RWKVState(tuple(new_layers))
 

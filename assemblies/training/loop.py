@@ -27,7 +27,7 @@ from rwkvblocks.prompting import SkipReport
 from ..models.visualrwkv import VisualRWKV
 from .checkpoint import checkpoint_path, latest_checkpoint, load_checkpoint, rng_states, save_checkpoint, set_rng_states
 from .distributed import setup_distributed
-from .recipes import TrainRecipe
+from .recipes import TrainRecipe, build_optimizer, build_scheduler
 from .stages import configure_stage
 
 __all__ = ["PRECISIONS", "TrainingInterrupted", "micro_batch_weight", "train"]
@@ -51,7 +51,8 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 def _to(batch: Mapping, device: torch.device) -> dict:
     """Tensors to ``device``, except ``image_spans``: layout metadata the model reads on the CPU."""
-    return {k: v.to(device) if isinstance(v, torch.Tensor) and k != "image_spans" else v for k, v in batch.items()}
+    cpu = ("image_spans", "cu_seqlens")  # layout metadata, checked on the host; the model copies what it needs
+    return {k: v.to(device) if isinstance(v, torch.Tensor) and k not in cpu else v for k, v in batch.items()}
 
 
 def micro_batch_weight(loss_fn: torch.nn.Module, batch: Mapping) -> int:
@@ -71,14 +72,15 @@ def _micro_batches(loader: Iterable[Mapping], total: int) -> Iterator[Mapping]:
     produced = 0
     while produced < total:
         empty = True
-        for batch in loader:
+        for item in loader:
             empty = False
-            if not batch["sample_ids"]:
-                continue  # every sample of this micro-batch was skipped as bad data
-            yield batch
-            produced += 1
-            if produced == total:
-                return
+            for batch in item if isinstance(item, list) else (item,):  # a packing collator gives rows
+                if not batch["sample_ids"]:
+                    continue  # every sample of this micro-batch was skipped as bad data
+                yield batch
+                produced += 1
+                if produced == total:
+                    return
         if empty:
             raise ValueError("the data loader yielded no batch")
 
@@ -213,7 +215,7 @@ def train(
     """
     from tqdm import tqdm
 
-    accumulation = max(1, plan.batch_size // plan.micro_batch_size)
+    accumulation = plan.accumulation
     device = next(model.lm.parameters()).device
     dist = setup_distributed(strategy, device)
     if accumulation % dist.world_size:
@@ -231,6 +233,7 @@ def train(
         raise ValueError("resume=True needs a checkpoint_dir")
     end = steps if stop_at is None else min(stop_at, steps)
     configure_stage(model, plan.stage)
+    model.lm.activation_checkpointing = plan.activation_checkpointing  # recompute blocks in the backward
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     precision = _precision([p for _, p in named], precision)
     meta = {
@@ -261,10 +264,11 @@ def train(
     module = dist.wrap(model)
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]  # FSDP2: now DTensors
     params = [p for _, p in named]
-    opt = torch.optim.AdamW(params, lr=plan.lr_init, betas=plan.betas, eps=plan.eps, weight_decay=plan.weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps, eta_min=plan.lr_final)
+    opt = build_optimizer(plan, named)  # weight decay on matrices only (plan.decay_matrices_only)
+    sched = build_scheduler(plan, opt, steps)  # linear warm-up, then cosine to lr_final
     if found is not None:
-        dist.load_optimizer_state(module, opt, ckpt.state["optimizer"], [n for n, _ in named])
+        order = [n for group in opt.param_groups for n in group["names"]]  # the optimiser's parameter order
+        dist.load_optimizer_state(module, opt, ckpt.state["optimizer"], order)
         sched.load_state_dict(ckpt.state["scheduler"])
 
     def checkpoint() -> os.PathLike | None:

@@ -578,11 +578,12 @@ class SkipReport:
         self.truncated: list[SkippedSample] = []
         self.epochs = 0
 
-    def update(self, batch: dict) -> None:
-        """Record one collated batch."""
-        self.seen += len(batch["sample_ids"]) + len(batch["skipped"])
-        self.skipped += batch["skipped"]
-        self.truncated += batch.get("truncated", [])
+    def update(self, batch: dict | list[dict]) -> None:
+        """Record one collated batch (or the rows ``LLaVAPackingCollator`` makes of one)."""
+        for row in batch if isinstance(batch, list) else (batch,):
+            self.seen += len(row["sample_ids"]) + len(row.get("skipped", []))
+            self.skipped += row.get("skipped", [])
+            self.truncated += row.get("truncated", [])
 
     def counts(self) -> Counter:
         """Skipped samples per reason, over the whole run."""

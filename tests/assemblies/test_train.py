@@ -134,3 +134,30 @@ def test_train_command_runs_both_stages(tmp_path, capsys):
     assert not torch.equal(after["lm.blocks.1.att.key.weight"], saved["lm.blocks.1.att.key.weight"])
     assert torch.equal(after["lm.emb.weight"], saved["lm.emb.weight"])  # the embedding stays frozen
     assert "loss" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("preset", ["visualrwkv_tiny", "visualrwkv7_tiny"])
+def test_packed_training_equals_padded_training(tmp_path, preset):
+    """``data_loader(pack=True)``: each micro-batch's samples in rows with ``cu_seqlens``; the same losses and
+    weights as the padded batches (sample-level loss, L2Wrap off: its factor depends on the batch shape)."""
+    from assemblies.training import data_loader, make_dataset
+
+    align, _, _ = write_dataset(tmp_path, 8, seed=0)
+    results = []
+    for pack in (False, True):
+        torch.manual_seed(0)
+        model = create_assembly(preset, dtype=torch.float64, l2wrap=False)
+        data = model.data_config
+        dataset = make_dataset(
+            data, align, tmp_path / "images", image_transform=model.encoder.transform.per_image, vocab_size=257
+        )
+        loader = data_loader(dataset, data, image_tokens=model.image_tokens, batch_size=2, shuffle=False, pack=pack)
+        if pack:
+            assert all("cu_seqlens" in row for item in loader for row in item)
+        plan = recipe("instruction", batch_size=4, micro_batch_size=2, lr_init=1e-2, lr_final=1e-2)
+        losses = train(model, loader, plan, steps=2, progress=False)
+        results.append((losses, {k: v.clone() for k, v in model.state_dict().items()}))
+    (padded, padded_state), (packed, packed_state) = results
+    assert packed == pytest.approx(padded, rel=1e-10)
+    for key, value in padded_state.items():
+        torch.testing.assert_close(packed_state[key], value, atol=1e-10, rtol=0, msg=key)

@@ -172,3 +172,59 @@ def test_messages_are_cut_to_one_line():
     assert cli._one_line(ValueError("  just one  ")) == "just one"
     assert cli._one_line(FileExistsError(17, "File exists", "out")) == "out: File exists"
     assert cli._one_line(ValueError("")) == "ValueError"
+
+
+def _train_args(tmp_path: Path, *extra: str) -> list[str]:
+    from assemblies.demo import write_dataset
+
+    align, _, _ = write_dataset(tmp_path / "data", 4, seed=1)
+    return [
+        "train", "--preset", "visualrwkv_tiny", "--stage", "alignment", "--data", str(align),
+        "--images", str(tmp_path / "data" / "images"), "--tokenizer", "byte", "--out", str(tmp_path / "run"), *extra,
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "extra, words",
+    [
+        (["--batch-size", "0"], "--batch-size must be a positive int, got 0"),
+        (["--micro-batch-size", "-2"], "--micro-batch-size must be a positive int, got -2"),
+        (["--steps", "0"], "--steps must be a positive int, got 0"),
+        (["--epochs", "0"], "--epochs must be > 0"),
+        (["--batch-size", "8", "--micro-batch-size", "3"], "micro_batch_size 3 does not divide batch_size 8"),
+        (["--set", "train.lr_init=fast"], "--set: train.lr_init must be a number > 0, got 'fast'"),
+        (["--encoder-checkpoint", "no_such.pt"], "no_such.pt"),
+    ],
+    ids=["batch", "micro-batch", "steps", "epochs", "indivisible", "set", "encoder-checkpoint"],
+)
+def test_train_refuses_bad_numbers_before_training(tmp_path, extra, words):
+    out = _run(*_train_args(tmp_path, *extra), cwd=tmp_path)
+    assert words in _one_error(out, "train") and not (tmp_path / "run").exists()
+
+
+def test_train_into_a_file_is_refused_up_front(tmp_path):
+    (tmp_path / "run").write_text("not a directory")
+    message = _one_error(_run(*_train_args(tmp_path, "--steps", "1"), cwd=tmp_path), "train")
+    assert "--out" in message and "not a directory" in message
+
+
+def test_train_on_data_that_is_all_bad_stops(tmp_path):
+    import json
+
+    args = _train_args(
+        tmp_path, "--steps", "2", "--on-bad-sample", "skip", "--batch-size", "2", "--micro-batch-size", "1"
+    )
+    shutil_images = tmp_path / "data" / "images"
+    for image in shutil_images.iterdir():  # every image gone: every sample is bad
+        image.unlink()
+    out = _run(*args, cwd=tmp_path)
+    message = _one_error(out, "train")
+    assert "no usable sample" in message and "skipped 4 of 4" in message, message
+    assert json.loads((tmp_path / "data" / "align.json").read_text())  # the data was read, not the loop stuck
+
+
+def test_train_config_error_names_the_file_and_field(tmp_path):
+    config = tmp_path / "stage.toml"
+    config.write_text("[train]\nstage = 'alignment'\nbatch_size = '8'\n")
+    message = _one_error(_run("train", "--config", str(config), cwd=tmp_path), "train")
+    assert message.startswith(f"{config}: train.batch_size must be an int >= 1")
