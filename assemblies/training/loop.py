@@ -16,7 +16,7 @@ import math
 import os
 import signal
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 import torch
 
@@ -27,10 +27,11 @@ from rwkvblocks.prompting import SkipReport
 from ..models.visualrwkv import VisualRWKV
 from .checkpoint import checkpoint_path, latest_checkpoint, load_checkpoint, rng_states, save_checkpoint, set_rng_states
 from .distributed import setup_distributed
+from .logs import TrainLog, micro_batch_tokens
 from .recipes import TrainRecipe, build_optimizer, build_scheduler
 from .stages import configure_stage
 
-__all__ = ["PRECISIONS", "TrainingInterrupted", "micro_batch_weight", "train"]
+__all__ = ["NONFINITE", "PRECISIONS", "TrainingInterrupted", "micro_batch_weight", "train"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +40,11 @@ PRECISIONS = ("fp32", "bf16-autocast", "bf16-pure")
 (fp32 master weights and optimiser state, the forward under bf16 autocast: mixed precision as the paper trains),
 ``"bf16-pure"`` (bf16 parameters stepped directly, no fp32 master copy: updates smaller than a bf16 ulp of a weight
 are lost, so at stage-2 learning rates most weights never change; only for memory-bound experiments)."""
+
+
+NONFINITE = ("stop", "skip")
+"""``train``'s policies for a step whose loss or gradient norm is NaN or infinite: ``"stop"`` (raise ``ValueError``
+before the weights are stepped) or ``"skip"`` (drop the step's gradients, do not step, go on)."""
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -53,6 +59,21 @@ def _to(batch: Mapping, device: torch.device) -> dict:
     """Tensors to ``device``, except ``image_spans``: layout metadata the model reads on the CPU."""
     cpu = ("image_spans", "cu_seqlens")  # layout metadata, checked on the host; the model copies what it needs
     return {k: v.to(device) if isinstance(v, torch.Tensor) and k not in cpu else v for k, v in batch.items()}
+
+
+def _culprits(parts: list[torch.Tensor], batches: list[Mapping], dist) -> str:
+    """Which of this rank's micro-batches (of the step's, counted across ranks) have a non-finite loss: one host read,
+    only once the step's total is known to be non-finite."""
+    finite = torch.isfinite(torch.stack(parts)).tolist()
+    total = len(parts) * dist.world_size
+    bad = [
+        f"micro-batch {dist.rank + i * dist.world_size + 1} of {total} (sample ids {list(batches[i]['sample_ids'])})"
+        for i, ok in enumerate(finite)
+        if not ok
+    ]
+    if not bad:
+        return f" (no micro-batch of rank {dist.rank}'s; another rank's)" if dist.active else ""
+    return " in " + ", ".join(bad)
 
 
 def micro_batch_weight(loss_fn: torch.nn.Module, batch: Mapping) -> int:
@@ -164,6 +185,10 @@ def train(
     resume: bool = False,
     stop_at: int | None = None,
     strategy: str = "none",
+    nonfinite: str = "stop",
+    log_file: str | os.PathLike | None = None,
+    tensorboard_dir: str | os.PathLike | None = None,
+    on_summary: Callable[[dict], object] | None = None,
 ) -> list[float]:
     """Run one stage: set the trainable parameters, then AdamW with a cosine schedule and clipping.
 
@@ -183,7 +208,7 @@ def train(
             forward runs under ``torch.autocast(device_type, torch.bfloat16)``, the backward outside it.
             ``"bf16-pure"``: bf16 parameters stepped directly (the old ``--dtype bf16``; tiny updates vanish),
             only when asked for. fp16 parameters are refused (no gradient scaler); so is a bf16 model without
-            an explicit precision. A non-finite loss stops the run (``ValueError``) before the weights are stepped.
+            an explicit precision. A non-finite loss or gradient: see ``nonfinite``.
         checkpoint_dir: Write training checkpoints here (``checkpoint.py``): every ``checkpoint_every`` steps,
             at the end, at ``stop_at`` and on SIGINT/SIGTERM (the loop then raises ``TrainingInterrupted``).
         checkpoint_every: Steps between checkpoints (``None``: only at the end, ``stop_at`` and on a signal).
@@ -208,6 +233,25 @@ def train(
             rounding); a resume reads the checkpoint on every rank (a shared file system). A signal on any rank
             stops all of them at the same step. Under FSDP2 the model stays sharded after the run
             (``full_state_dict`` gathers its weights).
+        nonfinite: What a step whose loss (the whole batch's) or gradient norm (``clip_grad_norm_``'s) is NaN or
+            infinite does (``NONFINITE``). ``"stop"``: raise ``ValueError`` naming the step and, for the loss,
+            which of its micro-batches went non-finite and their sample ids (looked for only then: one host read
+            per step as before, plus one when the total is non-finite), before the weights are stepped.
+            ``"skip"``: warn, zero the gradients, do not step the optimiser; the step still counts (its data
+            is consumed, the scheduler advances, so the schedule and the run's length are unchanged, and its
+            non-finite loss is in the returned list) and is counted as skipped (log lines, summary). No
+            checkpoint is written right after a skipped step (not at ``checkpoint_every``, the end or a signal:
+            ``TrainingInterrupted`` then names the newest checkpoint), so the last good one stays the newest.
+        log_file: Append a JSON line per logged step (every ``plan.log_every`` steps and the last; a skipped
+            step always) to this file, flushed and fsync'ed line by line (``logs.TrainLog``: step, loss, lr,
+            grad_norm, tokens, tokens_per_s, elapsed_s, skipped, skipped_steps). Rank 0 only.
+        tensorboard_dir: Also write those scalars with TensorBoard's ``SummaryWriter``, if ``tensorboard`` is
+            installed (else one warning). Rank 0 only.
+        on_summary: Called at the end, on every rank, with the run's summary (``TrainLog.summary``: steps and
+            skipped steps of this call, tokens, wall seconds, tokens per second, this process's peak memory);
+            rank 0 also logs it. Tokens are the real (non-pad) positions of the micro-batches, text and
+            image (``logs.micro_batch_tokens``: the collator's ``lengths``, else all of ``input_ids``), of all
+            ranks. The progress bar shows the loss, the learning rate and the tokens per second of this call.
 
     Returns:
         The loss of every optimiser step so far (that of its whole accumulated batch), including those run
@@ -231,6 +275,8 @@ def train(
         raise ValueError(f"checkpoint_every must be a positive int, got {checkpoint_every!r}")
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs a checkpoint_dir")
+    if nonfinite not in NONFINITE:
+        raise ValueError(f"nonfinite must be one of {NONFINITE}, got {nonfinite!r}")
     end = steps if stop_at is None else min(stop_at, steps)
     configure_stage(model, plan.stage)
     model.lm.activation_checkpointing = plan.activation_checkpointing  # recompute blocks in the backward
@@ -305,53 +351,93 @@ def train(
     if restored_rng is not None:  # after the replay, so a loader drawing from the global RNG cannot shift it
         set_rng_states(restored_rng)
     label = description or f"stage {plan.stage}"
-    with (
-        _StopSignals(checkpoint_dir is not None) as signals,
-        tqdm(total=steps, initial=done, desc=label, unit="step", disable=not (progress and dist.main)) as bar,
-    ):
-        while done < end:
-            opt.zero_grad(set_to_none=True)
-            batches = [next(micro) for _ in range(accumulation)][dist.rank :: dist.world_size]  # this rank's share
-            weights = [micro_batch_weight(model.loss_fn, b) for b in batches]
-            whole = sum(weights)
-            if dist.active:  # the global batch's samples (or valid tokens)
-                whole = int(dist.all_sum([whole]).item())
-            whole = max(whole, 1)
-            parts = []
-            for i, (batch, weight) in enumerate(zip(batches, weights)):
-                with dist.sync_gradients(module, final=i == len(batches) - 1):
-                    with autocast():
-                        out_loss = dist.forward(module, _to(batch, device))
-                    loss = out_loss.to(torch.promote_types(out_loss.dtype, torch.float32)) * (weight / whole)
-                    # DDP and FSDP2 average the ranks' gradients: scaled by W, their sum is the global batch's
-                    (loss * dist.world_size if dist.active else loss).backward()
-                parts.append(loss.detach())
-            if dist.active:  # the global loss, and whether any rank got a signal, in one all-reduce
+    log_every = max(1, int(getattr(plan, "log_every", 1) or 1))
+    log = TrainLog(log_file, tensorboard_dir, device=device, active=dist.main)
+    good = True  # the last step was stepped (not skipped as non-finite): a checkpoint may follow it
+
+    def good_checkpoint() -> os.PathLike | None:
+        if good:
+            return checkpoint()
+        return latest_checkpoint(checkpoint_dir) if checkpoint_dir is not None else None
+
+    summary = None
+    try:
+        with (
+            _StopSignals(checkpoint_dir is not None) as signals,
+            tqdm(total=steps, initial=done, desc=label, unit="step", disable=not (progress and dist.main)) as bar,
+        ):
+            while done < end:
+                opt.zero_grad(set_to_none=True)
+                batches = [next(micro) for _ in range(accumulation)][dist.rank :: dist.world_size]  # this rank's
+                weights = [micro_batch_weight(model.loss_fn, b) for b in batches]
+                tokens = sum(micro_batch_tokens(b) for b in batches)  # on the CPU batches: no sync
+                whole = sum(weights)
+                if dist.active:  # the global batch's samples (or valid tokens)
+                    whole = int(dist.all_sum([whole]).item())
+                whole = max(whole, 1)
+                parts = []
+                for i, (batch, weight) in enumerate(zip(batches, weights)):
+                    with dist.sync_gradients(module, final=i == len(batches) - 1):
+                        with autocast():
+                            out_loss = dist.forward(module, _to(batch, device))
+                        loss = out_loss.to(torch.promote_types(out_loss.dtype, torch.float32)) * (weight / whole)
+                        # DDP and FSDP2 average the ranks' gradients: scaled by W, their sum is the global batch's
+                        (loss * dist.world_size if dist.active else loss).backward()
+                    parts.append(loss.detach())
+                norm = torch.nn.utils.clip_grad_norm_(params, plan.grad_clip)  # global under DDP / FSDP2
+                norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # a DTensor under FSDP2
                 local = torch.stack(parts).sum().to(torch.float64)
-                flags = torch.stack([local, local.new_tensor(float(signals.received is not None))])
-                step_loss, stop = dist.all_sum(flags).tolist()
-                stop_signal = (signals.received or signal.SIGTERM) if stop else None
-            else:
-                step_loss = torch.stack(parts).sum().item()  # one host read per optimiser step, for the log
-                stop_signal = signals.received
-            if not math.isfinite(step_loss):
-                raise ValueError(
-                    f"the loss is {step_loss} at step {done + 1} (precision {precision!r}); the weights were not "
-                    f"stepped with it"
-                )
-            torch.nn.utils.clip_grad_norm_(params, plan.grad_clip)
-            opt.step()
-            sched.step()
-            done, consumed = done + 1, consumed + accumulation
-            losses.append(step_loss)
-            bar.set_postfix(loss=f"{step_loss:.3f}", lr=f"{sched.get_last_lr()[0]:.2e}")
-            bar.update()
-            if stop_signal is not None:
-                raise TrainingInterrupted(checkpoint(), stop_signal)
-            if checkpoint_every is not None and done % checkpoint_every == 0 and done < end:
-                checkpoint()
-        checkpoint()  # at the end (or at stop_at)
+                if dist.active:  # the loss, tokens, and whether any rank got a signal: one all-reduce
+                    flags = torch.stack(
+                        [
+                            local,
+                            norm.to(local) / dist.world_size,
+                            local.new_tensor(float(tokens)),
+                            local.new_tensor(float(signals.received is not None)),
+                        ]
+                    )
+                    step_loss, grad_norm, tokens, stop = dist.all_sum(flags).tolist()
+                    tokens = int(tokens)
+                    stop_signal = (signals.received or signal.SIGTERM) if stop else None
+                else:  # one host read per optimiser step, for the log and the checks
+                    step_loss, grad_norm = torch.stack([local, norm.to(local)]).tolist()
+                    stop_signal = signals.received
+                problem = None
+                if not math.isfinite(step_loss):
+                    problem = f"the loss is {step_loss} at step {done + 1}{_culprits(parts, batches, dist)}"
+                elif not math.isfinite(grad_norm):
+                    problem = f"the gradient norm is {grad_norm} (the loss {step_loss:.6g}) at step {done + 1}"
+                if problem is not None and nonfinite == "stop":
+                    raise ValueError(f"{problem} (precision {precision!r}); the weights were not stepped with it")
+                good = problem is None
+                if good:
+                    opt.step()
+                else:  # nonfinite="skip"
+                    opt.zero_grad(set_to_none=True)
+                    if dist.main:
+                        logger.warning("%s (precision %r): step skipped, the weights not stepped", problem, precision)
+                sched.step()  # a skipped step still advances the schedule
+                done, consumed = done + 1, consumed + accumulation
+                losses.append(step_loss)
+                log.count(tokens, skipped=not good)
+                lr = sched.get_last_lr()[0]
+                if dist.main and (done % log_every == 0 or done == end or not good):
+                    log.write(done, step_loss, lr, grad_norm, skipped=not good)
+                bar.set_postfix(loss=f"{step_loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{log.tokens_per_s:.0f}")
+                bar.update()
+                if stop_signal is not None:
+                    raise TrainingInterrupted(good_checkpoint(), stop_signal)
+                if good and checkpoint_every is not None and done % checkpoint_every == 0 and done < end:
+                    checkpoint()
+            good_checkpoint()  # at the end (or at stop_at), unless the last step was skipped
+        summary = log.summary()
+    finally:
+        log.close(summary)
     module.eval()
+    if dist.main:
+        logger.info("training summary: %s", json.dumps(summary))
+    if on_summary is not None:
+        on_summary(summary)
     if skip_report is not None and dist.main:
         bad = skip_report.skipped or skip_report.truncated
         logger.log(logging.WARNING if bad else logging.INFO, "training done: %s", skip_report.summary())
