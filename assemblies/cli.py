@@ -5,6 +5,7 @@ rwkvblocks convert SRC DST [--dtype bf16] [--no-encoder-weights]   upstream .pth
 rwkvblocks train --preset NAME --stage alignment --data JSON --images DIR --out DIR [--init-lm PTH]
     [--dtype bf16 | --pure-bf16] [--seed S] [--pack] [--checkpoint-every N] [--keep-checkpoints K] [--resume]
     [--config FILE [--set SECTION.FIELD=VALUE ...]] [--encoder-checkpoint PATH]   (explicit flags win)
+    [--group-by-length] [--strategy ddp|fsdp2]   (--strategy: under torchrun, one process per rank; rank 0 saves)
 rwkvblocks eval --model M --benchmark NAME --questions FILE [--images DIR] [--annotations PATH] [--mode rank]
 rwkvblocks score --benchmark NAME --answers FILE [--annotations PATH] [--questions FILE]  score answers
 rwkvblocks list [PATTERN] [--params]                                presets, knobs, parameter counts
@@ -94,6 +95,8 @@ _TRAIN_DEFAULTS = {
     "pure_bf16": False,
     "pack": False,
     "resume": False,
+    "strategy": "none",
+    "group_by_length": False,
 }
 _TRAIN_RECIPE = (  # arguments that are TrainRecipe fields of the same name
     "batch_size", "micro_batch_size", "epochs", "lr_init", "lr_final", "warmup_steps", "betas", "eps",
@@ -123,7 +126,29 @@ def _train_options(args: argparse.Namespace) -> argparse.Namespace:
         raise ValueError(f"--epochs must be > 0, got {options['epochs']}")
     if options["workers"] < 0:
         raise ValueError(f"--workers must be >= 0, got {options['workers']}")
+    from .training.distributed import STRATEGIES, launched_by_torchrun
+
+    if options["strategy"] not in STRATEGIES:
+        raise ValueError(f"--strategy must be one of {', '.join(STRATEGIES)}, got {options['strategy']!r}")
+    if options["strategy"] != "none" and not launched_by_torchrun():
+        raise ValueError(
+            f"--strategy {options['strategy']} runs one process per rank: launch it with torchrun (RANK, WORLD_SIZE "
+            f"and LOCAL_RANK set), e.g. torchrun --nproc-per-node 2 -m assemblies.cli train ... --strategy "
+            f"{options['strategy']}"
+        )
+    if options["group_by_length"] and options["pack"]:
+        raise ValueError("--group-by-length goes without --pack (packed rows have no padding to save)")
     return argparse.Namespace(**options)
+
+
+def _save_trained(model, directory: str, state: dict | None):
+    """``model.save_pretrained(directory)``; with ``state`` (gathered whole from FSDP2 shards) those weights."""
+    if state is None:
+        return model.save_pretrained(directory)
+    from .models.formats.pretrained import write_pretrained
+
+    config = {"model": model.config.to_dict(), "data": model.data_config.to_dict()}
+    return write_pretrained(directory, config, state, encoder_weights=True)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -137,11 +162,15 @@ def _train(args: argparse.Namespace) -> int:
     from .models import VisualRWKV, create_assembly
     from .training import data_loader, make_dataset, recipe, train
     from .training.data import usable_epochs
+    from .training.distributed import full_state_dict
 
     opts = _train_options(args)
     _check_device(opts.device)
     _check_output_dir(opts.out, "--out")
     device = torch.device(opts.device)
+    rank = int(os.environ.get("RANK", 0)) if opts.strategy != "none" else 0
+    if opts.strategy != "none" and device.type == "cuda":  # one GPU per rank
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     if opts.dtype == "fp16":
         raise ValueError(
             "--dtype fp16: training in fp16 needs a gradient scaler, which train does not have (the weights would "
@@ -199,34 +228,39 @@ def _train(args: argparse.Namespace) -> int:
         batch_size=plan.micro_batch_size,
         num_workers=opts.workers,
         pack=opts.pack,
-    )
-    # shuffled by a generator of its own, seeded: the order a resumed run replays is the order of the first run
-    loader = torch.utils.data.DataLoader(
-        loader.dataset,
-        batch_size=loader.batch_size,
-        shuffle=True,
-        num_workers=opts.workers,
-        collate_fn=loader.collate_fn,
+        group_by_length=opts.group_by_length,
+        # shuffled by a generator of its own, seeded: the order a resumed run replays is the order of the first run
+        # (and the same on every rank: each walks the same global stream of micro-batches)
         generator=torch.Generator().manual_seed(plan.seed),
     )
     report = SkipReport()
     epochs = usable_epochs(loader, report, source=f"--data {opts.data}")  # a pass of only bad samples stops the run
 
-    print(f"{opts.stage}: {len(dataset)} samples, {data}, {plan}", flush=True)
+    if rank == 0:
+        print(f"{opts.stage}: {len(dataset)} samples, {data}, {plan}", flush=True)
     checkpoints = Path(opts.out) / "checkpoints"
-    losses = train(
-        model,
-        epochs,
-        plan,
-        steps=opts.steps,
-        micro_batches_per_epoch=len(loader),
-        precision=precision,
-        checkpoint_dir=checkpoints if plan.checkpoint_every or opts.resume else None,
-        checkpoint_every=plan.checkpoint_every,
-        keep=opts.keep_checkpoints,
-        resume=opts.resume,
-    )
-    out = model.save_pretrained(opts.out)
+    try:
+        losses = train(
+            model,
+            epochs,
+            plan,
+            steps=opts.steps,
+            micro_batches_per_epoch=len(loader),
+            precision=precision,
+            checkpoint_dir=checkpoints if plan.checkpoint_every or opts.resume else None,
+            checkpoint_every=plan.checkpoint_every,
+            keep=opts.keep_checkpoints,
+            resume=opts.resume,
+            strategy=opts.strategy,
+        )
+        # FSDP2 shards the parameters in place: gather them whole (a collective: on every rank) for rank 0 to save
+        state = full_state_dict(model) if opts.strategy == "fsdp2" else None
+        if rank != 0:
+            return 0
+        out = _save_trained(model, opts.out, state)
+    finally:
+        if opts.strategy != "none" and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
     log = {
         "stage": opts.stage,
         "precision": precision,
@@ -616,6 +650,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--workers", type=int, help="DataLoader worker processes (default 0)")
     p.add_argument("--on-bad-sample", choices=["raise", "skip"], help="default raise")
+    p.add_argument(
+        "--strategy",
+        choices=["none", "ddp", "fsdp2"],
+        help="data parallelism under torchrun (one process per rank; cuda: cuda:LOCAL_RANK): DDP or FSDP2; "
+        "rank 0 saves (default none)",
+    )
+    p.add_argument(
+        "--group-by-length",
+        action="store_true",
+        default=None,
+        help="batch samples of similar length together (less padding; batches still shuffled, seeded)",
+    )
     p.set_defaults(run=_train)
     for name, helptext, run in (
         ("chat", "answer a question about an image, or chat on stdin (/image PATH, /reset)", _chat),
