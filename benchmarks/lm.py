@@ -108,6 +108,20 @@ def _median_ms(samples: list[float]) -> float:
     return statistics.median(samples) * 1e3
 
 
+def _span_ms(samples: list[float], digits: int) -> str:
+    return f"{min(samples) * 1e3:.{digits}f}-{max(samples) * 1e3:.{digits}f}"
+
+
+def _paired(base: list[float], ours: list[float]) -> tuple[float, float, float]:
+    """``(min, median, max)`` of ``base[i] / ours[i]``: the speed-up within each interleaved repeat."""
+    ratios = [b / o for b, o in zip(base, ours, strict=True)]
+    return min(ratios), statistics.median(ratios), max(ratios)
+
+
+def _ratio_cell(r: tuple[float, float, float]) -> str:
+    return f"{r[1]:.2f}x ({r[0]:.2f}-{r[2]:.2f})"
+
+
 def run(
     cfg: RWKVConfig, T: int, decode_tokens: int, repeats: int, with_reference: bool, compiled: bool = True
 ) -> tuple[list[str], dict]:
@@ -148,10 +162,12 @@ def run(
                     logits, state = runner.prefill(prompt)
                     prefill[runner.name].append(time.perf_counter() - t0)
                     last[runner.name] = logits.float()
+                    steps = []
                     for token in stream:
                         t0 = time.perf_counter()
                         logits, state = runner.step(token, state)
-                        decode[runner.name].append(time.perf_counter() - t0)
+                        steps.append(time.perf_counter() - t0)
+                    decode[runner.name].append(statistics.median(steps))  # one figure per repeat
     base = runners[-1].name if with_reference else runners[0].name
     rows = [
         f"| implementation | prefill (T={T}) | prefill tokens/s | decode per token | decode tokens/s "
@@ -161,13 +177,20 @@ def run(
     results = {}
     for runner in runners:
         p_ms, d_ms = _median_ms(prefill[runner.name]), _median_ms(decode[runner.name])
+        p_up, d_up = _paired(prefill[base], prefill[runner.name]), _paired(decode[base], decode[runner.name])
         results[runner.name] = (p_ms, d_ms)
-    for name, (p_ms, d_ms) in results.items():
-        bp, bd = results[base]
+        results[f"{runner.name} speed-up"] = (p_up[1], d_up[1])
         rows.append(
-            f"| {name} | {p_ms:.1f} ms | {T / p_ms * 1e3:,.0f} | {d_ms:.2f} ms | {1e3 / d_ms:,.1f} "
-            f"| {bp / p_ms:.2f}x | {bd / d_ms:.2f}x |"
+            f"| {runner.name} | {p_ms:.1f} ms ({_span_ms(prefill[runner.name], 1)}) | {T / p_ms * 1e3:,.0f} "
+            f"| {d_ms:.2f} ms ({_span_ms(decode[runner.name], 2)}) | {1e3 / d_ms:,.1f} "
+            f"| {_ratio_cell(p_up)} | {_ratio_cell(d_up)} |"
         )
+    rows += [
+        "",
+        "Times: median (min-max) over the repeats; a decode figure per repeat is the median of its steps. Speed-ups:",
+        "the median (min-max) of the ratios within each repeat, where every implementation ran back to back, so a",
+        "machine that drifts between repeats moves both sides of a ratio together.",
+    ]
     if with_reference:
         diff = (last[runners[0].name] - last[base]).abs().max().item()
         rows.append("")
@@ -267,7 +290,7 @@ def main(argv=None) -> dict:
     title = (
         f"# RWKV language model on the CPU ({_machine()})\n\n"
         f"{args.version}, {args.layers} layers, C={args.dim}, V={args.vocab}, fp32, torch {torch.__version__}; "
-        f"median of {args.repeats} interleaved prefills and {args.repeats * args.decode_tokens} decode steps; "
+        f"{args.repeats} interleaved repeats of a prefill and {args.decode_tokens} decode steps each; "
         f"command: `python benchmarks/lm.py{' ' + ' '.join(argv) if argv else ''}`\n"
     )
     print(title)

@@ -138,7 +138,7 @@ class ChannelMix(nn.Module):
         """``cu_seqlens`` `[N+1]` (packed sequences, B = 1): the token shift restarts at each sequence."""
         mixed, new_shift = _shift(self.token_shift, x, state, cu_seqlens)
         inputs = dict(zip(self.token_shift.names, mixed))
-        k = torch.relu(self.key(inputs["k"])).square()
+        k = torch.relu_(self.key(inputs["k"])).square()  # in place on the projection: one pass fewer
         return torch.sigmoid(self.receptance(inputs["r"])) * self.value(k), new_shift
 
     def extra_repr(self) -> str:

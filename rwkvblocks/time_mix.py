@@ -98,9 +98,13 @@ class DataDependentDecay(nn.Module):
         if x_w is None:
             raise ValueError("DataDependentDecay needs the token-shifted input x_w")
         B, T, C = x_w.shape
-        lora = torch.tanh(x_w @ self.lora_a) @ self.lora_b
         acc = _accumulation(x_w.dtype)
-        w = -torch.exp(self.time_decay.to(acc) + lora.to(acc))
+        lora_in = torch.tanh(x_w @ self.lora_a).view(B * T, -1)
+        if x_w.dtype == acc == self.time_decay.dtype:  # the bias added inside the product: one pass fewer
+            log_decay = torch.addmm(self.time_decay.view(-1), lora_in, self.lora_b)
+        else:
+            log_decay = self.time_decay.to(acc) + (lora_in @ self.lora_b).to(acc)
+        w = -torch.exp(log_decay)
         return w.view(B, T, self.num_heads, C // self.num_heads)
 
 

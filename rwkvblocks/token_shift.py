@@ -154,12 +154,13 @@ class TokenShift(nn.Module):
     ) -> tuple[tuple[Tensor, ...], Tensor]:
         _check(x, state, self.dim, type(self).__name__)
         x_prev = shift_tokens(x, state, cu_seqlens)
-        mix = self.mix.to(x.dtype).view(-1, 1, 1, self.dim)
-        if self.form == "maa":
-            mixed = x + (x_prev - x) * mix  # [N, B, T, C]
-        else:
-            mixed = x * mix + x_prev * (1 - mix)
-        return mixed.unbind(0), x[:, -1].clone()  # a copy: a view would pin all of x
+        mix = self.mix.to(x.dtype)
+        if self.form == "maa":  # x + (x_prev - x) * mix, one fused pass per output
+            xx = x_prev - x
+            mixed = tuple(torch.addcmul(x, xx, m) for m in mix)
+        else:  # x * mix + x_prev * (1 - mix)
+            mixed = tuple(torch.lerp(x_prev, x, m) for m in mix)
+        return mixed, x[:, -1].clone()  # a copy: a view would pin all of x
 
     def extra_repr(self) -> str:
         return f"{self.dim}, names={self.names}, form={self.form!r}"
@@ -219,11 +220,17 @@ class DataDependentTokenShift(nn.Module):
         B, T, C = x.shape
         n = len(self.names)
         xx = shift_tokens(x, state, cu_seqlens) - x
-        lora_in = torch.tanh((x + xx * self.mix_x) @ self.lora_a)  # [B, T, N*Dm]
-        lora_in = lora_in.view(B * T, n, self.rank).transpose(0, 1)  # [N, B*T, Dm]
-        lora = torch.bmm(lora_in, self.lora_b).view(n, B, T, C)
-        mixed = x + xx * (self.mix.view(n, 1, 1, C) + lora)  # [N, B, T, C]
-        return mixed.unbind(0), x[:, -1].clone()  # a copy: a view would pin all of x
+        lora_in = torch.tanh(torch.addcmul(x, xx, self.mix_x).reshape(B * T, C) @ self.lora_a)  # [B*T, N*Dm]
+        # One output at a time, each two fused passes over [B*T, C] (addmm, addcmul): a stacked
+        # [N, B, T, C] intermediate costs three passes over N times the memory, and its fresh pages.
+        x2, xx2 = x.reshape(B * T, C), xx.reshape(B * T, C)
+        mixed = tuple(
+            torch.addcmul(
+                x2, xx2, torch.addmm(self.mix[i], lora_in[:, i * self.rank : (i + 1) * self.rank], self.lora_b[i])
+            ).view(B, T, C)
+            for i in range(n)
+        )
+        return mixed, x[:, -1].clone()  # a copy: a view would pin all of x
 
     def extra_repr(self) -> str:
         return f"{self.dim}, names={self.names}, rank={self.rank}"
