@@ -504,6 +504,21 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    if args.task == "shapes":
+        from .demo.shapes import run_shapes_demo
+
+        return run_shapes_demo(
+            args.out,
+            types=args.types.split(","),
+            n_train=args.n_train,
+            caption_steps=args.caption_steps,
+            qa_steps=args.steps,
+            dim=args.dim,
+            layers=args.layers,
+            threshold=args.threshold,
+            seed=args.seed,
+            record=args.record,
+        )
     from .demo import run_demo
 
     return run_demo(steps=args.steps, out=args.out, seed=args.seed, record=args.record)
@@ -722,6 +737,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="keep the run directory here (default: a temporary directory)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--record", help="also write the result table to this markdown file")
+    p.add_argument(
+        "--task",
+        choices=["colour", "shapes"],
+        default="colour",
+        help="colour: one square, name its colour (the default); shapes: questions about shapes on a grid "
+        "(assemblies.synthetic; --steps are the question-stage steps)",
+    )
+    p.add_argument("--types", default="colour_at", help="shapes: comma-separated question types")
+    p.add_argument("--n-train", type=int, default=8000, help="shapes: training images")
+    p.add_argument("--caption-steps", type=int, default=0, help="shapes: steps of the caption stage")
+    p.add_argument("--dim", type=int, default=128, help="shapes: width of the language model")
+    p.add_argument("--layers", type=int, default=2, help="shapes: depth of the language model")
+    p.add_argument("--threshold", type=float, default=0.9, help="shapes: pass mark of the test accuracy")
     p.set_defaults(run=_demo)
     p = sub.add_parser("serve", help="serve a model: OpenAI-compatible API (images, streaming) and a chat page")
     p.add_argument("--model", required=True, help="save_pretrained directory or preset name")

@@ -122,8 +122,8 @@ def run_demo(steps: int = 200, out: str | None = None, seed: int = 0, record: st
         seed: Seed of the dataset and the initialisation.
         record: Also write the result table (markdown) to this file.
     """
-    from .models import VisualRWKV, create_assembly
-    from .training import TrainRecipe, data_loader, make_dataset, make_prompt_builder, make_tokenizer, train
+    from ..models import VisualRWKV, create_assembly
+    from ..training import TrainRecipe, data_loader, make_dataset, make_prompt_builder, make_tokenizer, train
 
     torch.manual_seed(seed)
     t_start = time.perf_counter()
@@ -193,7 +193,7 @@ def run_demo(steps: int = 200, out: str | None = None, seed: int = 0, record: st
 def _record(path: Path, lines: list[str], steps: int, seed: int, elapsed: float) -> None:
     import platform
 
-    from ._io import atomic_file
+    from .._io import atomic_file
 
     header = [
         "# `make demo` (`rwkvblocks demo`)",
