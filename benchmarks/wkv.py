@@ -398,6 +398,7 @@ def gpu_check(
     fla = _fla_ops()
     runners = {  # name -> (callable, "grad" | "nograd" | "decode")
         "triton_chunk": (_ours("triton_chunk"), "grad"),
+        "triton_chunk64": (_ours("triton_chunk64"), "grad"),
         "chunked": (_ours("chunked"), "grad"),
         "triton_recurrent": (_ours("triton_recurrent"), "decode"),
     }
@@ -407,7 +408,7 @@ def gpu_check(
         runners[fla_names[1]] = (_fla_runner(fla[1]), "decode")
     lines = [f"fla: {'importable' if fla else 'not installed (no fla columns)'}"]
     small = Shape("compile probe B=1 T=256 H=4 K=64", 1, 256, 4, 64)
-    for name in ("triton_chunk", fla_names[0]) if fla else ("triton_chunk",):
+    for name in ("triton_chunk", "triton_chunk64", fla_names[0]) if fla else ("triton_chunk", "triton_chunk64"):
         seconds = _first_call_seconds(runners[name][0], small, device, True)
         lines.append(f"first call (compile + autotune), fwd+bwd: {name} {seconds:.1f} s")
     decode = Shape("decode probe", 8, 1, 32, 64)

@@ -7,5 +7,5 @@ cd "$(dirname "$0")/.."
 PY="${PYTHON:-.venv/bin/python}"
 export TRITON_CACHE_DIR="$(mktemp -d)"
 trap 'rm -rf "$TRITON_CACHE_DIR"' EXIT
-"$PY" -m pytest -q -m gpu tests/ops/test_wkv_triton.py
+"$PY" -m pytest -q -m gpu tests/ops/test_wkv_triton.py tests/ops/test_wkv_norm_gate.py
 "$PY" benchmarks/wkv.py --device cuda --gpu-check --out benchmarks/results

@@ -4,6 +4,9 @@ The math is in ``README.md`` beside this file. Backends, in order of automatic p
 
 - ``triton_chunk`` (``wkv6_triton_chunk``): Triton, chunks of 16 tokens streamed with the state
   on chip, forward and backward; the default for prefill and training on CUDA tensors.
+- ``triton_chunk64`` (``triton_chunk64.py``): Triton, 64-token chunks processed in parallel (one
+  serial scan over chunk states), forward and backward. Verified under the interpreter only and
+  never timed on a GPU, so automatic selection never picks it: request it by name.
 - ``triton_recurrent`` (``wkv6_triton_recurrent``): Triton, one token at a time with the state in
   registers, forward only; preferred on CUDA for decoding (at most ``TRITON_DECODE_MAX_LEN``
   tokens per sequence, no gradient).
@@ -43,6 +46,7 @@ from ._triton_common import INTERPRET_ENV, interpreting, triton_probe, triton_re
 from .chunked import DEFAULT_CHUNK_SIZE, chunked_backward, chunked_forward, entering_shape, wkv6_chunked
 from .reference import accumulation_dtype, wkv6_reference
 from .triton_chunk import triton_chunk_ops, wkv6_triton_chunk
+from .triton_chunk64 import triton_chunk64_ops
 from .triton_recurrent import triton_recurrent_op, wkv6_triton_recurrent
 
 __all__ = [
@@ -162,6 +166,17 @@ def _backward_triton_chunk(r, k, v, w, u, state, cu_seqlens, residual, do, ds_fi
     return backward(r, k, v, w, u, state, cu_seqlens, do, ds_final, reverse)
 
 
+def _run_triton_chunk64(r, k, v, w, u, state, *, reverse, cu_seqlens, needs_grad):
+    forward, _ = triton_chunk64_ops()
+    o, s = forward(r, k, v, w, u, state, cu_seqlens, reverse)
+    return o, s, _empty_residual(r)
+
+
+def _backward_triton_chunk64(r, k, v, w, u, state, cu_seqlens, residual, do, ds_final, *, reverse):
+    _, backward = triton_chunk64_ops()
+    return backward(r, k, v, w, u, state, cu_seqlens, do, ds_final, reverse)
+
+
 def _run_triton_recurrent(r, k, v, w, u, state, *, reverse, cu_seqlens, needs_grad):
     o, s = triton_recurrent_op()(r, k, v, w, u, state, cu_seqlens, reverse)
     return o, s, _empty_residual(r)
@@ -185,6 +200,10 @@ def _triton_auto_reasons(inputs: WKVInputs) -> list[str]:
     if inputs.device.type == "cpu":
         return [f"CPU tensors run under {INTERPRET_ENV}=1 only when requested by name"]
     return []
+
+
+def _triton_chunk64_auto_reasons(inputs: WKVInputs) -> list[str]:
+    return ["never timed on a GPU: runs only when requested by name"]
 
 
 DECODE_MAX_LEN = 2  # on a CPU the step loop beats the chunked form up to this many tokens
@@ -216,6 +235,15 @@ wkv_dispatcher = Dispatcher(
             description="Triton, 16-token chunks streamed with the state on chip; forward and backward",
             auto_reasons=_triton_auto_reasons,
             backward=_backward_triton_chunk,
+        ),
+        Backend(
+            "triton_chunk64",
+            _run_triton_chunk64,
+            unsupported_reasons=_triton_chunk_reasons,
+            probe=triton_probe,
+            description="Triton, 64-token chunks in parallel with a scan over chunk states; forward and backward",
+            auto_reasons=_triton_chunk64_auto_reasons,
+            backward=_backward_triton_chunk64,
         ),
         Backend(
             "triton_recurrent",
@@ -457,8 +485,8 @@ def wkv6(
         cu_seqlens: Packed variable-length sequences (FlashAttention convention): ``B = 1``
             and the int32/int64 boundaries ``[0, T_1, T_1 + T_2, ..., T]``; the state resets
             at every boundary and one final state per sequence is returned.
-        backend: ``"triton_chunk"``, ``"triton_recurrent"``, ``"chunked"`` or ``"reference"``
-            (or any registered backend); ``None`` picks automatically (see the module docstring).
+        backend: ``"triton_chunk"``, ``"triton_chunk64"``, ``"triton_recurrent"``, ``"chunked"`` or
+            ``"reference"`` (or any registered backend); ``None`` picks automatically (see the module docstring).
         validate: Checks that read values (``w <= 0``, the ``cu_seqlens`` boundaries): ``None`` runs
             them on CPU tensors outside ``torch.compile`` only (no device sync), ``True`` everywhere,
             ``False`` never (see ``rwkvblocks.ops.check_values``).
@@ -469,8 +497,8 @@ def wkv6(
         o `[B, T, H, V]` in the dtype of ``r``; the final state `[B, H, K, V]` (`[N, H, K, V]`)
         in fp32 (fp64 for fp64 inputs).
 
-    Reference: ``wkv6_reference``. Backends: ``triton_chunk``, ``triton_recurrent``,
-    ``chunked``, ``reference``.
+    Reference: ``wkv6_reference``. Backends: ``triton_chunk``, ``triton_chunk64``,
+    ``triton_recurrent``, ``chunked``, ``reference``.
 
     Raises:
         ValueError: wrong rank or shape, mismatched dtypes or devices, bad ``cu_seqlens`` (not an int
