@@ -518,6 +518,7 @@ def _demo(args: argparse.Namespace) -> int:
             threshold=args.threshold,
             seed=args.seed,
             record=args.record,
+            position=args.position,
         )
     from .demo import run_demo
 
@@ -750,6 +751,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dim", type=int, default=128, help="shapes: width of the language model")
     p.add_argument("--layers", type=int, default=2, help="shapes: depth of the language model")
     p.add_argument("--threshold", type=float, default=0.9, help="shapes: pass mark of the test accuracy")
+    p.add_argument(
+        "--position",
+        choices=["learnable", "sin_cos_2d"],
+        default="learnable",
+        help="shapes: encoder position embedding",
+    )
     p.set_defaults(run=_demo)
     p = sub.add_parser("serve", help="serve a model: OpenAI-compatible API (images, streaming) and a chat page")
     p.add_argument("--model", required=True, help="save_pretrained directory or preset name")

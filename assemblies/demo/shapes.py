@@ -29,13 +29,20 @@ __all__ = ["CHANCE", "run_shapes_demo"]
 CHANCE = {"colour_at": 1 / 5, "shape_of": 1 / 3, "count": 1 / 4, "exists": 1 / 2, "left_of": 1 / 2, "above": 1 / 2}
 
 
-def _build(dim: int, layers: int, seed: int):
+def _build(dim: int, layers: int, seed: int, position: str = "learnable"):
     import dataclasses
 
     from ..models import EncoderConfig, create_assembly, get_assembly_config
 
     torch.manual_seed(seed)
-    vision = {"width": 64, "layers": 2, "head_width": 32, "patch_size": 16, "image_size": 64}
+    vision = {
+        "width": 64,
+        "layers": 2,
+        "head_width": 32,
+        "patch_size": 16,
+        "image_size": 64,
+        "pos_embed_type": position,
+    }
     encoder = EncoderConfig("open_clip", "ViT-L-14-336", cls="last", options={"vision_overrides": vision})
     base, _ = get_assembly_config("visualrwkv_tiny")
     return create_assembly(
@@ -99,6 +106,7 @@ def run_shapes_demo(
     threshold: float = 0.9,
     seed: int = 0,
     record: str | None = None,
+    position: str = "learnable",
 ) -> int:
     """Run the shapes demo; returns 0 when the test accuracy over all questions reaches ``threshold``, else 1.
 
@@ -112,6 +120,8 @@ def run_shapes_demo(
         threshold: Pass mark of the test accuracy over all questions.
         seed: Seeds the data, the initialisation and the data order.
         record: Also write the printed table, timings and fresh answers to this markdown file (atomically).
+        position: The encoder's position embedding: ``"learnable"`` (open_clip's default) or ``"sin_cos_2d"``
+            (fixed 2D sine-cosine).
     """
     import tempfile
 
@@ -126,7 +136,7 @@ def run_shapes_demo(
         test_files = write_split(root / "data", "test", n_test, seed=seed, types=types)
         questions = [json.loads(line) for line in test_files["questions"].read_text().splitlines()]
         print(f"data: {n_train} train and {n_test} test images ({len(questions)} test questions) in {root / 'data'}")
-        model = _build(dim, layers, seed)
+        model = _build(dim, layers, seed, position)
         n_params = sum(p.numel() for p in model.parameters())
         print(
             f"model: RWKV-6 L{layers} C{dim}, bi scan, sandwich prompt, {model.image_tokens} image tokens, "

@@ -23,6 +23,7 @@ __all__ = [
     "INTERPRET_ENV",
     "bind_triton",
     "interpreting",
+    "register_wkv_ops",
     "triton_probe",
     "triton_reasons",
 ]
@@ -131,3 +132,33 @@ class Flat:
         self.num_seqs = B if cu_seqlens is None else cu_seqlens.numel() - 1
         self.seq_len = T
         self.tokens = B * T
+
+
+def register_wkv_ops(name: str, forward_impl, backward_impl):
+    """Register ``rwkvblocks::{name}`` and ``rwkvblocks::{name}_backward`` as ``torch.library.triton_op``s, the
+    forward differentiable through the backward; returns ``(forward, backward)``.
+
+    Both take the WKV op's arguments: the forward ``(r, k, v, w, u, state, cu_seqlens, reverse) -> (o,
+    final_state)``, the backward ``(r, k, v, w, u, state, cu_seqlens, do, ds_final, reverse) -> (dr, dk, dv, dw,
+    du, dstate)`` with ``dstate`` fp32 `[N, H, K, V]` even without an initial state (cast back here).
+    """
+    from torch.library import triton_op
+
+    forward = triton_op(f"rwkvblocks::{name}", mutates_args=())(forward_impl)
+    backward = triton_op(f"rwkvblocks::{name}_backward", mutates_args=())(backward_impl)
+
+    def setup_context(ctx, inputs, output):
+        r, k, v, w, u, state, cu_seqlens, reverse = inputs
+        ctx.save_for_backward(r, k, v, w, u, state, cu_seqlens)
+        ctx.reverse = reverse
+        ctx.set_materialize_grads(False)
+
+    def differentiate(ctx, do, ds_final):
+        r, k, v, w, u, state, cu_seqlens = ctx.saved_tensors
+        if do is None:
+            do = torch.zeros_like(v)
+        *grads, ds0 = backward(r, k, v, w, u, state, cu_seqlens, do, ds_final, ctx.reverse)
+        return (*grads, ds0.to(state.dtype) if state is not None else None, None, None)
+
+    forward.register_autograd(differentiate, setup_context=setup_context)
+    return forward, backward

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 from torch.library import wrap_triton
 
-from ._triton_common import Flat, bind_triton
+from ._triton_common import Flat, bind_triton, register_wkv_ops
 
 __all__ = ["CHUNK", "triton_chunk_ops", "wkv6_triton_chunk"]
 
@@ -412,26 +412,7 @@ def triton_chunk_ops():
     is differentiable through ``rwkvblocks::wkv6_triton_chunk_backward(..., do, ds_final, reverse)
     -> (dr, dk, dv, dw, du, dstate)``; ``dstate`` is fp32 `[N, H, K, V]` even without an initial state.
     """
-    from torch.library import triton_op
-
-    forward = triton_op("rwkvblocks::wkv6_triton_chunk", mutates_args=())(_forward)
-    backward = triton_op("rwkvblocks::wkv6_triton_chunk_backward", mutates_args=())(_backward)
-
-    def setup_context(ctx, inputs, output):
-        r, k, v, w, u, state, cu_seqlens, reverse = inputs
-        ctx.save_for_backward(r, k, v, w, u, state, cu_seqlens)
-        ctx.reverse = reverse
-        ctx.set_materialize_grads(False)
-
-    def differentiate(ctx, do, ds_final):
-        r, k, v, w, u, state, cu_seqlens = ctx.saved_tensors
-        if do is None:
-            do = torch.zeros_like(v)
-        *grads, ds0 = backward(r, k, v, w, u, state, cu_seqlens, do, ds_final, ctx.reverse)
-        return (*grads, ds0.to(state.dtype) if state is not None else None, None, None)
-
-    forward.register_autograd(differentiate, setup_context=setup_context)
-    return forward, backward
+    return register_wkv_ops("wkv6_triton_chunk", _forward, _backward)
 
 
 def wkv6_triton_chunk(

@@ -77,7 +77,7 @@ import torch
 from torch import Tensor
 from torch.library import wrap_triton
 
-from ._triton_common import Flat, bind_triton, interpreting
+from ._triton_common import Flat, bind_triton, interpreting, register_wkv_ops
 
 __all__ = ["CHUNK64", "triton_chunk64_ops", "wkv6_chunk64_backward", "wkv6_chunk64_forward"]
 
@@ -1085,23 +1085,4 @@ def triton_chunk64_ops():
     -> (dr, dk, dv, dw, du, dstate)`` (dw, du in the dtypes of w, u; ``dstate`` fp32 `[N, H, K, V]`
     even without an initial state). Every kernel is launched through ``wrap_triton``.
     """
-    from torch.library import triton_op
-
-    forward = triton_op("rwkvblocks::wkv6_triton_chunk64", mutates_args=())(_op_forward)
-    backward = triton_op("rwkvblocks::wkv6_triton_chunk64_backward", mutates_args=())(_op_backward)
-
-    def setup_context(ctx, inputs, output):
-        r, k, v, w, u, state, cu_seqlens, reverse = inputs
-        ctx.save_for_backward(r, k, v, w, u, state, cu_seqlens)
-        ctx.reverse = reverse
-        ctx.set_materialize_grads(False)
-
-    def differentiate(ctx, do, ds_final):
-        r, k, v, w, u, state, cu_seqlens = ctx.saved_tensors
-        if do is None:
-            do = torch.zeros_like(v)
-        *grads, ds0 = backward(r, k, v, w, u, state, cu_seqlens, do, ds_final, ctx.reverse)
-        return (*grads, ds0.to(state.dtype) if state is not None else None, None, None)
-
-    forward.register_autograd(differentiate, setup_context=setup_context)
-    return forward, backward
+    return register_wkv_ops("wkv6_triton_chunk64", _op_forward, _op_backward)
